@@ -1,0 +1,1 @@
+"""kobench: benchmark harness for Korean LLMs."""

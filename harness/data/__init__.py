@@ -1,0 +1,1 @@
+"""Data files shipped with the harness (suites, hardware profiles) and data generators."""

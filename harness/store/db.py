@@ -1,0 +1,232 @@
+"""Opening the results store: URL handling, SQLite pragmas, migrations on open, schema-version guard."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from harness.errors import StoreError
+from harness.paths import default_db_url
+from harness.store.schema import SCHEMA_VERSION, StoreMeta
+
+STORE_DIR = Path(__file__).resolve().parent
+BUSY_TIMEOUT_MS = 60_000
+
+
+def normalize_url(db: str | os.PathLike[str] | None) -> str:
+    """A path becomes an SQLite URL; anything with `://` is taken as an SQLAlchemy URL."""
+    db = str(db) if db else default_db_url()
+    if "://" in db:
+        return db
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _alembic_config() -> Config:
+    cfg = Config(str(STORE_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(STORE_DIR / "migrations"))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _check_writable_sqlite(path: Path) -> None:
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(f"--db {path}: is a directory, not a database file. Pass a file path such as {path}/results.db")
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"--db {path}: the file is read-only. Make it writable or pass another --db path")
+    else:
+        parent = path.parent
+        if not parent.is_dir():
+            raise StoreError(f"--db {path}: directory {parent} does not exist. Create it or pass another --db path")
+        if not os.access(parent, os.W_OK):
+            raise StoreError(f"--db {path}: directory {parent} is not writable. Pass a --db path in a writable directory")
+
+
+def _make_engine(url: str, readonly: bool) -> Engine:
+    path = sqlite_path(url)
+    try:
+        if path is not None:
+            if readonly:
+                # mode=ro: SQLite itself refuses writes, whatever the app does.
+                engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 60})
+            else:
+                engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _install_sqlite_pragmas(engine, readonly)
+            return engine
+        engine = create_engine(url, pool_pre_ping=True)
+        if readonly:
+            @event.listens_for(engine, "begin")
+            def _read_only(conn) -> None:  # noqa: ANN001
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        return engine
+    except NoSuchModuleError as exc:
+        raise StoreError(f"--db {redact_url(url)}: unknown database driver ({exc}). "
+                         "Use a path, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
+    except (ArgumentError, ModuleNotFoundError, ImportError) as exc:
+        raise StoreError(f"--db {redact_url(url)}: not a usable SQLAlchemy URL ({exc}). "
+                         "Use a path, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
+
+
+def _install_sqlite_pragmas(engine: Engine, readonly: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        # Let SQLAlchemy's "begin" below control transactions (pysqlite's implicit BEGIN is DEFERRED).
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # noqa: ANN001
+        # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers wait on busy_timeout instead of
+        # failing with "database is locked" when a read transaction tries to upgrade to a write.
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, url: str) -> Iterator[None]:
+    path = sqlite_path(url)
+    if path is not None:
+        lock_path = path.with_name(path.name + ".lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(724242)"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(724242)"))
+                conn.commit()
+        return
+    yield
+
+
+def _check_schema(engine: Engine, url: str) -> bool:
+    """Refuse foreign or newer databases. Returns True when the database is already at our head revision."""
+    names = set(inspect(engine).get_table_names())
+    if not names:
+        return False
+    if "kobench_meta" not in names or "alembic_version" not in names:
+        raise StoreError(f"--db {redact_url(url)}: not a kobench results store (it has tables {', '.join(sorted(names)[:5])}"
+                         f"{'...' if len(names) > 5 else ''} but no kobench_meta). Pass another --db path")
+    with engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).all())
+    db_version = int(meta.get("schema_version", 0))
+    known = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    if db_version > SCHEMA_VERSION or (revision is not None and revision not in known):
+        raise StoreError(
+            f"--db {redact_url(url)}: schema version {db_version} (revision {revision}) was written by a newer kobench "
+            f"(writer {meta.get('kobench_version', '?')}); this kobench {_kobench_version()} knows schema version "
+            f"{SCHEMA_VERSION}. Upgrade kobench (pip install -U kobench) or use another --db")
+    return revision == head_revision()
+
+
+def _kobench_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kobench")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def migrate(engine: Engine, url: str) -> None:
+    """Bring the database to the head revision (creating it if empty) under a cross-process lock."""
+    if _check_schema(engine, url):
+        return
+    with _migration_lock(engine, url):
+        if _check_schema(engine, url):  # another process migrated while we waited
+            return
+        cfg = _alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with Session(engine) as session, session.begin():
+            session.merge(StoreMeta(key="schema_version", value=str(SCHEMA_VERSION)))
+            if session.get(StoreMeta, "kobench_version") is None:
+                session.add(StoreMeta(key="kobench_version", value=_kobench_version()))
+
+
+class Store:
+    """A handle on the results store. Query helpers live in harness.store.records."""
+
+    def __init__(self, url: str, engine: Engine, readonly: bool) -> None:
+        self.url = url
+        self.engine = engine
+        self.readonly = readonly
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(db: str | os.PathLike[str] | None = None, readonly: bool = False) -> Store:
+    """Open (and create or migrate, unless read-only) the store at a path or SQLAlchemy URL."""
+    url = normalize_url(db)
+    path = sqlite_path(url)
+    if path is not None:
+        if readonly and not path.exists():
+            raise StoreError(f"--db {path}: no such results store. Run `kobench run` first or pass another --db")
+        if not readonly:
+            _check_writable_sqlite(path)
+    engine = _make_engine(url, readonly)
+    try:
+        if readonly:
+            _check_schema(engine, url)
+        else:
+            migrate(engine, url)
+    except DatabaseError as exc:
+        engine.dispose()
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(f"--db {redact_url(url)}: cannot open the results store ({reason})") from None
+    except StoreError:
+        engine.dispose()
+        raise
+    return Store(url, engine, readonly)
