@@ -231,6 +231,7 @@ def _sample_rows(task: TaskInfo, logged: list[dict[str, Any]]) -> list[dict[str,
             args = sample.get("arguments") or [[""]]
             prompt = args[0][0] if args and args[0] else ""
             target = sample.get("target")
+            extracted = None
             if task.output_type == "multiple_choice":
                 lls = [resp[0] for resp in sample.get("filtered_resps", [])]
                 output = str(max(range(len(lls)), key=lambda i: lls[i])) if lls else ""
@@ -238,12 +239,18 @@ def _sample_rows(task: TaskInfo, logged: list[dict[str, Any]]) -> list[dict[str,
                 if isinstance(target, str) and isinstance(choices, list) and target in choices:
                     target = choices.index(target)
             else:
-                resps = sample.get("filtered_resps") or [""]
-                output = resps[0] if isinstance(resps[0], str) else json.dumps(resps[0], ensure_ascii=False)
+                # the raw generation is what people read; the filtered answer (e.g. the extracted letter) goes beside it
+                raw = (sample.get("resps") or [[""]])[0]
+                output = raw[0] if isinstance(raw, list) and raw else raw
+                filtered = (sample.get("filtered_resps") or [None])[0]
+                if filtered is not None and filtered != output:
+                    extracted = filtered
             row = {"doc_id": int(sample["doc_id"]), "item_id": str(doc.get("id") or doc.get("fname") or "") or None,
                    "prompt": str(prompt), "output": str(output),
                    "target": target if isinstance(target, str) else json.dumps(target, ensure_ascii=False),
                    "metrics": {}}
+            if extracted is not None:
+                row["metrics"]["_extracted"] = extracted
             for name in task.breakdown:
                 if name in doc:
                     row["metrics"][f"_{name}"] = doc[name]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,12 +77,14 @@ def _make_engine(url: str, readonly: bool) -> Engine:
         if path is not None:
             if readonly:
                 # mode=ro: SQLite itself refuses writes, whatever the app does.
-                engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 60})
+                engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 60},
+                                       json_serializer=_json_dumps)
             else:
-                engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+                engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+                                       json_serializer=_json_dumps)
             _install_sqlite_pragmas(engine, readonly)
             return engine
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_dumps)
         if readonly:
             @event.listens_for(engine, "begin")
             def _read_only(conn) -> None:  # noqa: ANN001
@@ -93,6 +96,11 @@ def _make_engine(url: str, readonly: bool) -> Engine:
     except (ArgumentError, ModuleNotFoundError, ImportError) as exc:
         raise StoreError(f"--db {redact_url(url)}: not a usable SQLAlchemy URL ({exc}). "
                          "Use a path, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
+
+
+def _json_dumps(value: object) -> str:
+    # Korean text stays readable in the database (and in `sqlite3` sessions) instead of \uXXXX escapes.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _install_sqlite_pragmas(engine: Engine, readonly: bool) -> None:

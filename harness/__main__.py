@@ -1,0 +1,4 @@
+"""`python -m harness` == `kobench`."""
+from harness.cli import main
+
+main()
