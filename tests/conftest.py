@@ -117,3 +117,15 @@ def kobench(*args: str, env: dict[str, str] | None = None, check: bool = False) 
 
 def last_json_line(stdout: str) -> object:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def sql(path: Path, statement: str) -> None:
+    """Run one statement with sqlite3 and close the connection (so the WAL is checkpointed into the file)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()

@@ -1,7 +1,6 @@
 """The results store: migrations match the models, guards against foreign/newer databases, bad URLs and paths."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from harness.errors import StoreError
 from harness.store import open_store
 from harness.store.db import head_revision
 from harness.store.schema import SCHEMA_VERSION, Base
+from tests.conftest import sql as _sql
 
 
 def test_migrated_empty_database_equals_models(db_path: Path) -> None:
@@ -42,8 +42,7 @@ def test_reopening_does_not_change_the_file(db_path: Path) -> None:
 
 def test_newer_schema_is_refused_naming_both_versions(db_path: Path) -> None:
     open_store(db_path).dispose()
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE kobench_meta SET value = '99' WHERE key = 'schema_version'")
+    _sql(db_path, "UPDATE kobench_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError) as err:
         open_store(db_path)
     assert "schema version 99" in str(err.value) and f"schema version {SCHEMA_VERSION}" in str(err.value)
@@ -51,16 +50,14 @@ def test_newer_schema_is_refused_naming_both_versions(db_path: Path) -> None:
 
 def test_unknown_revision_is_refused(db_path: Path) -> None:
     open_store(db_path).dispose()
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
+    _sql(db_path, "UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
     with pytest.raises(StoreError, match="newer kobench"):
         open_store(db_path)
 
 
 def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
-        conn.execute("CREATE TABLE customers (id INTEGER)")
+    _sql(other, "CREATE TABLE customers (id INTEGER)")
     with pytest.raises(StoreError, match="not a kobench results store"):
         open_store(other)
 

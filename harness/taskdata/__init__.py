@@ -15,7 +15,9 @@ from typing import Any
 from harness.errors import DataError
 
 Reader = Callable[[Path], list[dict[str, Any]]]
+Refiner = Callable[[dict[str, Any]], dict[str, Any]]
 READERS: dict[str, Reader] = {}
+REFINERS: dict[str, Refiner] = {}
 ENCODINGS = ("utf-8-sig", "cp949")
 
 
@@ -24,6 +26,19 @@ def reader(fmt: str) -> Callable[[Reader], Reader]:
 
     def wrap(func: Reader) -> Reader:
         READERS[fmt] = func
+        return func
+
+    return wrap
+
+
+def refiner(fmt: str) -> Callable[[Refiner], Refiner]:
+    """Register the `--refined` preprocessing of a data format: one document in, its cleaned copy out.
+
+    Formats without a refiner load unchanged under `--refined`.
+    """
+
+    def wrap(func: Refiner) -> Refiner:
+        REFINERS[fmt] = func
         return func
 
     return wrap
@@ -130,7 +145,8 @@ def load_splits(task_name: str, **metadata: Any) -> Any:
     """lm-eval `custom_dataset` entry point: the task's splits as a datasets.DatasetDict.
 
     `metadata` is what lm-eval passes: the task's own metadata plus kobench's run metadata (`kobench_data`:
-    {task: path} replacing the eval split; `kobench_categories`: {task: [categories]} filtering it).
+    {task: path} replacing the eval split; `kobench_categories`: {task: [categories]} filtering it;
+    `kobench_refined`: apply the format's registered refiner to every split).
     """
     import datasets
 
@@ -143,6 +159,9 @@ def load_splits(task_name: str, **metadata: Any) -> Any:
     for split in info.splits:
         path = Path(override) if (override and split == info.eval_split) else info.split_path(split)
         docs = read_records(path, info.data_format)
+        refine = REFINERS.get(info.data_format or "") if metadata.get("kobench_refined") else None
+        if refine is not None:
+            docs = [refine(doc) for doc in docs]
         if categories and split == info.eval_split:
             docs = [d for d in docs if d.get("category") in set(categories)]
         splits[split] = datasets.Dataset.from_list(docs)
