@@ -31,6 +31,7 @@ class RunConfig:
     limit: int | None = None
     hardware: str = "unspecified"
     quantize: str = "none"
+    profiles: list[str] = field(default_factory=list)  # user hardware-profile files (--profiles), besides KOBENCH_PROFILES
     db: str | None = None
     data: dict[str, str] = field(default_factory=dict)
     categories: list[str] = field(default_factory=list)
@@ -68,6 +69,15 @@ class RunConfig:
             raise KobenchError(f"--chat-template {self.chat_template}: use auto, on or off")
         if self.quantize not in ("none", "auto", "int8", "nf4"):
             raise KobenchError(f"--quantize {self.quantize}: use none, auto, int8 or nf4")
+        if self.hardware != "unspecified" or self.profiles:
+            from harness.hardware import get_profile, load_profiles
+
+            load_profiles(self.profiles)  # a bad profiles file is an error even before its profile is used
+            if self.hardware != "unspecified":
+                get_profile(self.hardware, self.profiles)
+        if self.quantize == "auto" and self.hardware == "unspecified":
+            raise KobenchError("--quantize auto: needs --hardware PROFILE to decide whether full precision fits; "
+                               "pass a profile, or --quantize int8 / nf4 to quantize regardless")
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise KobenchError(f"--num-fewshot {self.num_fewshot}: must be 0 or more")
         suites = load_suites()

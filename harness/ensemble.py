@@ -25,7 +25,7 @@ from harness.store.schema import Model, Run, Sample, TaskResult
 from harness.tasks import TaskInfo, get_task
 
 NO_ANSWER = "[invalid]"  # lm-eval's fallback for an answer the filter could not extract
-TIE_BREAK = "best individual accuracy on these items, then the order of --runs"
+TIE_BREAK = "best individual accuracy on these items, then the lowest run id"
 
 
 @dataclass
@@ -86,8 +86,11 @@ def vote(answers: list[int | None], tie_order: list[int]) -> int | None:
 
 
 def tie_order(members: list[Member]) -> list[int]:
-    """Member positions by individual accuracy (best first); equal accuracy keeps the order the runs were given."""
-    return sorted(range(len(members)), key=lambda i: (-members[i].accuracy, i))
+    """Member positions by individual accuracy, best first; equal accuracy goes to the lower run id.
+
+    Nothing depends on the order of --runs, so the same runs always make the same ensemble.
+    """
+    return sorted(range(len(members)), key=lambda i: (-members[i].accuracy, members[i].run_id))
 
 
 def ensemble_identity(run_ids: list[int]) -> str:

@@ -288,11 +288,20 @@ def load_model(spec: ModelSpec, device: str, dtype: str = "auto", quantization: 
     if quantization in ("int8", "nf4"):
         from transformers import BitsAndBytesConfig
 
+        if not device.startswith("cuda"):
+            raise KobenchError(f"--quantize {quantization}: bitsandbytes quantization needs a CUDA GPU, and this run "
+                               f"is on {device}. Use --device cuda, or --quantize none")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise KobenchError(f"--quantize {quantization}: needs the bitsandbytes package. Run `pip install "
+                               "bitsandbytes` (or `make install`)")
+        # non-quantized modules (embeddings, norms, lm_head) and the 4-bit matmuls run in the 16-bit dtype
+        compute_dtype = torch_dtype if torch_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        kwargs["dtype"] = compute_dtype
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True) if quantization == "int8" else
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16))
-        kwargs["device_map"] = {"": 0}
+                               bnb_4bit_compute_dtype=compute_dtype))
+        kwargs["device_map"] = {"": int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()}
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.load_path, trust_remote_code=spec.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(spec.load_path, **kwargs)
@@ -335,5 +344,10 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 
 def count_parameters(model: Any) -> int:
+    """Parameters of the base model; a bitsandbytes 4-bit weight counts by its original shape (it packs two a byte)."""
     base = getattr(model, "get_base_model", lambda: model)()
-    return int(sum(p.numel() for p in base.parameters()))
+    total = 0
+    for param in base.parameters():
+        state = getattr(param, "quant_state", None)
+        total += int(state.shape.numel()) if state is not None and hasattr(state, "shape") else param.numel()
+    return total

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -62,11 +63,17 @@ class RunResult:
     peak_mem_mb: float | None = None
     reused: list[str] = field(default_factory=list)
     error: str | None = None
+    budget: dict[str, Any] | None = None  # the BudgetPlan, when the run names a hardware profile
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model": self.model, "adapter": self.adapter, "hardware": self.hardware,
-                "status": self.status, "scores": self.scores, "n": self.n, "wall_s": round(self.wall_s, 3),
-                "peak_mem_mb": self.peak_mem_mb}
+        out = {"run_id": self.run_id, "model": self.model, "adapter": self.adapter, "hardware": self.hardware,
+               "status": self.status, "scores": self.scores, "n": self.n, "wall_s": round(self.wall_s, 3),
+               "peak_mem_mb": self.peak_mem_mb}
+        if self.error:
+            out["error"] = self.error
+        if self.budget:
+            out["budget"] = self.budget
+        return out
 
 
 def stratified_indices(docs: list[dict[str, Any]], count: int, field_name: str | None) -> list[int]:
@@ -97,6 +104,7 @@ def plan_tasks(config: RunConfig) -> list[TaskPlan]:
 
     suite_items = (load_suites().get(config.suite or "", {}) or {}).get("items") or {}
     plans = []
+    known_categories: set[str] = set()
     for name in config.tasks:
         info = get_task(name)
         eval_path = Path(config.data[name]) if name in config.data else info.split_path(info.eval_split)
@@ -104,16 +112,29 @@ def plan_tasks(config: RunConfig) -> list[TaskPlan]:
         paths = [eval_path] + ([info.split_path(fewshot_split)] if fewshot_split and info.split_path(fewshot_split) else [])
         docs = read_records(eval_path, info.data_format)
         if config.categories:
+            known_categories |= {str(d["category"]) for d in docs if d.get("category") is not None}
             docs = [d for d in docs if d.get("category") in set(config.categories)]
-            if not docs:
-                raise KobenchError(f"--categories {','.join(config.categories)}: no {name} items in those categories")
         count = suite_items.get(name) or suite_items.get(info.output_type) or suite_items.get("default")
         if config.limit is not None:
             count = min(count or config.limit, config.limit)
         indices = stratified_indices(docs, count, info.breakdown[0] if info.breakdown else None) if count else None
         plans.append(TaskPlan(info=info, data_paths=paths, data_hash=data_hash(paths), indices=indices,
                               n_items=len(indices) if indices is not None else len(docs)))
+    if config.categories:
+        _check_categories(config, plans, known_categories)
     return plans
+
+
+def _check_categories(config: RunConfig, plans: list[TaskPlan], known: set[str]) -> None:
+    """A --categories name that no task of the run knows is a typo; a task left with no items cannot run."""
+    unknown = [c for c in config.categories if c not in known]
+    if unknown:
+        raise KobenchError(f"--categories {','.join(unknown)}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                           f"for {', '.join(config.tasks)}. Known categories: {', '.join(sorted(known)) or 'none'}")
+    for plan in plans:
+        if not plan.n_items:
+            raise KobenchError(f"--categories {','.join(config.categories)}: no {plan.info.name} items in those "
+                               "categories; run it separately or drop it from --tasks")
 
 
 def _fingerprint(plan: TaskPlan, model_identity: str, config: RunConfig, chat: bool) -> str:
@@ -121,6 +142,8 @@ def _fingerprint(plan: TaskPlan, model_identity: str, config: RunConfig, chat: b
              "code": _task_code_hash(plan.info), "data": plan.data_hash, "indices": plan.indices,
              "fewshot": config.num_fewshot, "chat": chat, "seed": config.seed, "categories": config.categories,
              "refined": config.refined, "generation": plan.info.raw.get("generation_kwargs")}
+    if config.hardware != "unspecified":
+        parts["hardware"] = config.hardware  # speed and memory are measured per profile, so results are too
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
@@ -142,11 +165,15 @@ def environment_versions() -> dict[str, str]:
 
 
 class MemorySampler:
-    """Peak memory of this process during a block: CUDA peak allocated on GPU, sampled RSS on CPU."""
+    """Peak memory during a block. GPU: torch's peak allocated (peak_mb) and reserved, plus the whole card's use as
+    NVML reports it (sampled every 50 ms; it includes the CUDA context). CPU: this process's sampled RSS."""
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.peak_mb = 0.0
+        self.peak_reserved_mb: float | None = None
+        self.nvml_peak_mb: float | None = None
+        self._sampled_peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,30 +181,54 @@ class MemorySampler:
         if self.device.startswith("cuda"):
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            from harness.hardware import cuda_index, device_memory_used
+
+            torch.cuda.reset_peak_memory_stats(cuda_index(self.device))
+            read: Callable[[], int | None] = lambda: device_memory_used(self.device)  # noqa: E731
         else:
             import psutil
 
             proc = psutil.Process()
+            read = lambda: proc.memory_info().rss  # noqa: E731
 
-            def sample() -> None:
-                while not self._stop.is_set():
-                    self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
-                    self._stop.wait(0.1)
+        def sample() -> None:
+            while not self._stop.is_set():
+                used = read()
+                if used is None:
+                    return
+                self._sampled_peak = max(self._sampled_peak, used)
+                self._stop.wait(0.05)
 
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        sampled = self._sampled_peak / 2**20 if self._sampled_peak else None
         if self.device.startswith("cuda"):
             import torch
 
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            from harness.hardware import cuda_index
+
+            index = cuda_index(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(index) / 2**20
+            self.peak_reserved_mb = torch.cuda.max_memory_reserved(index) / 2**20
+            self.nvml_peak_mb = sampled
         else:
-            self._stop.set()
-            if self._thread:
-                self._thread.join()
+            self.peak_mb = sampled or 0.0
+
+    def figures(self) -> dict[str, float | None]:
+        """The task_results.details entries (peak_mem_mb has its own column)."""
+        if self.device.startswith("cuda"):
+            return {"peak_reserved_mb": _round(self.peak_reserved_mb), "nvml_peak_used_mb": _round(self.nvml_peak_mb)}
+        return {"peak_rss_mb": _round(self.peak_mb)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str) -> Any:
@@ -211,9 +262,10 @@ def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str) -> Any:
 
 
 def _numeric(value: Any) -> float | None:
+    """A metric value as a float; None when it is not a number or NaN (not computed: stored NULL, shown as n/a)."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not math.isnan(value):
         return float(value)
     return None
 
@@ -313,7 +365,8 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
             c["prompt_tokens"] / wall if wall else None),
         gen_tokens_per_s=c["gen_tokens"] / c["gen_s"] if c["gen_s"] else None,
         details={"chat_template": chat, "indices": plan.indices,
-                 "generation_kwargs": plan.info.raw.get("generation_kwargs")})
+                 "generation_kwargs": plan.info.raw.get("generation_kwargs"),
+                 "batch_size": getattr(lm, "batch_size_per_gpu", None), **memory.figures()})
 
 
 def _chat_enabled(config: RunConfig, tokenizer: Any) -> bool:
@@ -334,16 +387,63 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     # The tokenizer decides whether the chat template applies, which is part of every task's fingerprint.
     tokenizer = _load_tokenizer(spec, progress)
     chat = _chat_enabled(config, tokenizer)
-    dtype_name = _dtype_name(config.dtype, device)
-    model_identity = identity_key(spec, dtype_name, None)
+    # Under a hardware profile the budget picks the precision, before anything is loaded or stored.
+    budget = _plan_budget(config, spec, device, plans, tokenizer, chat) if config.hardware != "unspecified" else None
+    quantization = budget.quantization if budget else (config.quantize if config.quantize in ("int8", "nf4") else None)
+    dtype_name = _dtype_name(budget.compute_dtype if budget else config.dtype, device)
+    model_identity = identity_key(spec, dtype_name, quantization)
     for plan in plans:
         plan.fingerprint = _fingerprint(plan, model_identity, config, chat)
+    cap = None
+    if budget and budget.fits and budget.profile.kind == "gpu" and device.startswith("cuda"):
+        from harness.hardware import apply_memory_cap
+
+        cap = apply_memory_cap(budget.profile, device)
 
     store = open_store(config.db)
     try:
-        return _run_with_store(config, spec, device, plans, chat, dtype_name, model_identity, store, progress)
+        return _run_with_store(config, spec, device, plans, chat, dtype_name, model_identity, store, progress,
+                               budget, quantization, cap)
     finally:
         store.dispose()
+        if cap:
+            import torch
+
+            from harness.hardware import cuda_index
+
+            torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(device))  # the cap is per process: lift it
+
+
+def _plan_budget(config: RunConfig, spec: ModelSpec, device: str, plans: list[TaskPlan], tokenizer: Any,
+                 chat: bool) -> Any:
+    """The hardware.BudgetPlan of this run: model shape + the tasks' measured request lengths vs the profile."""
+    from harness import hardware
+
+    profile = hardware.get_profile(config.hardware, config.profiles)
+    if profile.kind == "cpu" and device.startswith("cuda"):
+        raise KobenchError(f"--hardware {profile.name}: a CPU profile, but the run is on {device}. "
+                           "Pass --device cpu, or a GPU profile")
+    dims = hardware.ModelDims.from_config(hardware.read_model_config(spec.load_path, spec.trust_remote_code))
+    params = hardware.model_params(spec.load_path, dims, spec.adapter_path)
+    # lm-eval's context length: the config's, else the tokenizer's (unless "unlimited"), else 2048
+    tokenizer_max = getattr(tokenizer, "model_max_length", None) or 0
+    max_length = dims.max_position_embeddings or (tokenizer_max if 0 < tokenizer_max < 10**9 else 2048)
+    shapes = hardware.measure_task_shapes(_task_manager(config, plans), [(p.info.name, p.indices) for p in plans],
+                                          tokenizer, int(max_length), chat, config.num_fewshot, config.seed)
+    budget = hardware.plan_budget(profile, dims, params, shapes, config.quantize, config.dtype, config.batch_size)
+    if budget.fits and budget.quantization and not device.startswith("cuda"):
+        raise KobenchError(f"--hardware {profile.name}: the model fits only as {budget.quantization}, which needs "
+                           f"a CUDA GPU (bitsandbytes), and this run is on {device}. Run it on a GPU")
+    return budget
+
+
+def _task_manager(config: RunConfig, plans: list[TaskPlan]) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={
+        "kobench_data": config.data,
+        "kobench_categories": {p.info.name: config.categories for p in plans} if config.categories else {},
+        "kobench_refined": config.refined})
 
 
 def _load_tokenizer(spec: ModelSpec, progress: Progress) -> Any:
@@ -369,50 +469,63 @@ def _dtype_name(dtype: str, device: str) -> str:
 
 
 def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list[TaskPlan], chat: bool,
-                    dtype_name: str, model_identity: str, store: Any, progress: Progress) -> RunResult:
+                    dtype_name: str, model_identity: str, store: Any, progress: Progress, budget: Any = None,
+                    quantization: str | None = None, cap: dict[str, Any] | None = None) -> RunResult:
     records.mark_stale_runs(store)
-    reusable = {} if config.force else {p.info.name: records.find_reusable(store, p.fingerprint) for p in plans}
+    over_budget = budget is not None and not budget.fits
+    reusable = {} if config.force or over_budget else {
+        p.info.name: records.find_reusable(store, p.fingerprint) for p in plans}
     todo = [p for p in plans if not reusable.get(p.info.name)]
     model = lm = None
-    n_params = None
-    if todo:
-        progress("status", text=f"loading {spec.display_name} on {device}")
-        model, tokenizer = load_model(spec, device, config.dtype, None)
+    n_params = budget.worst.n_params if budget else None
+    if todo and not over_budget:
+        precision = f" as {budget.precision} under {budget.profile.name}" if budget else ""
+        progress("status", text=f"loading {spec.display_name} on {device}{precision}")
+        model, tokenizer = load_model(spec, device, budget.compute_dtype if budget else config.dtype, quantization)
         n_params = count_parameters(model)
-        lm = make_lm(model, tokenizer, config.batch_size, device)
+        batch = str(budget.batch_sizes[todo[0].info.name]) if budget and config.batch_size == "auto" \
+            else config.batch_size
+        lm = make_lm(model, tokenizer, batch, device)
 
     base_id = None
     if spec.adapter_path:
         base_spec = ModelSpec(**{**spec.to_dict(), "adapter_path": None, "adapter_hash": None, "adapter_base": None})
-        base_id = records.get_or_create_model(store, identity_key(base_spec, dtype_name, None), kind="model",
+        base_id = records.get_or_create_model(store, identity_key(base_spec, dtype_name, quantization), kind="model",
                                               name=spec.name, source=spec.source, revision=spec.revision,
-                                              weights_hash=spec.weights_hash, dtype=dtype_name)
+                                              weights_hash=spec.weights_hash, dtype=dtype_name,
+                                              quantization=quantization)
     model_id = records.get_or_create_model(
         store, model_identity, kind="adapter" if spec.adapter_path else "model", name=spec.display_name,
         source=spec.source, revision=spec.revision, weights_hash=spec.weights_hash, n_params=n_params,
-        dtype=dtype_name, quantization=None, base_model_id=base_id, adapter_hash=spec.adapter_hash,
+        dtype=dtype_name, quantization=quantization, base_model_id=base_id, adapter_hash=spec.adapter_hash,
         adapter_path=spec.adapter_path, details={k: v for k, v in spec.details.items() if k != "gguf"})
     seeds = {"random": config.seed, "numpy": config.seed, "torch": config.seed, "fewshot": config.seed}
+    run_config = config.to_dict()
+    if budget:
+        run_config["budget"] = budget.to_dict()
+    if cap:
+        run_config["memory_cap"] = cap
     run_id = records.create_run(
-        store, model_id, hardware=config.hardware, config=config.to_dict(), versions=environment_versions(),
+        store, model_id, hardware=config.hardware, config=run_config, versions=environment_versions(),
         seeds=seeds, generation_config={p.info.name: p.info.raw.get("generation_kwargs") for p in plans
                                         if p.info.output_type == "generate_until"},
         task_versions={p.info.name: p.info.version for p in plans},
         data_hashes={p.info.name: p.data_hash for p in plans},
         chat_template=(getattr(lm.tokenizer, "chat_template", None) if lm and chat else None))
     result = RunResult(run_id=run_id, model=spec.name, adapter=spec.adapter_path, hardware=config.hardware,
-                       status="running")
+                       status="running", budget=budget.to_dict() if budget else None)
+    if over_budget:
+        # not a user mistake: the answer to "does it run on this card?" is no, and that is worth keeping
+        result.status, result.error = "budget_exceeded", budget.summary()
+        records.finish_run(store, run_id, "budget_exceeded", result.error, wall_s=0.0)
+        return result
     start = time.perf_counter()
     peak = 0.0
     gen_rates: list[float] = []
     prompt_rates: list[float] = []
+    exceeded: list[str] = []
     try:
-        from lm_eval.tasks import TaskManager
-
-        task_manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={
-            "kobench_data": config.data,
-            "kobench_categories": {p.info.name: config.categories for p in plans} if config.categories else {},
-            "kobench_refined": config.refined})
+        task_manager = _task_manager(config, plans)
         for index, plan in enumerate(plans, start=1):
             name = plan.info.name
             source = reusable.get(name)
@@ -425,13 +538,22 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
                 result.n[name] = source.n
                 continue
             progress("task_start", task=name, index=index, total=len(plans), n=plan.n_items)
-            outcome = evaluate_task(lm, plan, config, chat, task_manager, device)
+            if budget and config.batch_size == "auto":
+                lm.batch_size_per_gpu = budget.batch_sizes[name]
+            outcome = _evaluate_within_memory(lm, plan, config, chat, task_manager, device, progress)
+            outcome.details["precision"] = quantization or dtype_name
+            if budget:
+                outcome.details["hardware"] = budget.profile.name
+                outcome.details["estimate"] = budget.estimates[name].to_dict()
             records.write_task(store, run_id, outcome)
             peak = max(peak, outcome.peak_mem_mb or 0.0)
             if outcome.gen_tokens_per_s:
                 gen_rates.append(outcome.gen_tokens_per_s)
             if outcome.prompt_tokens_per_s:
                 prompt_rates.append(outcome.prompt_tokens_per_s)
+            if outcome.status == "budget_exceeded":
+                exceeded.append(name)
+                progress("status", text=f"{name}: {outcome.error}")
             result.scores[name] = {s["metric"]: s["value"] for s in outcome.scores if "[" not in s["metric"]}
             result.n[name] = outcome.n
             progress("task_done", task=name, index=index, total=len(plans), wall_s=outcome.wall_s,
@@ -442,13 +564,76 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
         records.finish_run(store, run_id, "failed", result.error, wall_s=time.perf_counter() - start,
                            peak_mem_mb=peak or None)
         raise
-    result.status = "done"
+    # A task that ran out of memory even at batch size 1 makes the whole run budget_exceeded (its other tasks keep
+    # their scores and can be reused, but the ranking counts only runs that are done).
+    result.status = "budget_exceeded" if exceeded else "done"
+    if exceeded:
+        result.error = f"budget exceeded: {', '.join(exceeded)} ran out of memory at batch size 1"
     result.wall_s = time.perf_counter() - start
     result.peak_mem_mb = round(peak, 1) if peak else None
-    records.finish_run(store, run_id, "done", wall_s=result.wall_s, peak_mem_mb=result.peak_mem_mb,
+    records.finish_run(store, run_id, result.status, result.error, wall_s=result.wall_s,
+                       peak_mem_mb=result.peak_mem_mb,
                        gen_tokens_per_s=sum(gen_rates) / len(gen_rates) if gen_rates else None,
                        prompt_tokens_per_s=sum(prompt_rates) / len(prompt_rates) if prompt_rates else None)
     return result
+
+
+def _evaluate_within_memory(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_manager: Any,
+                            device: str, progress: Progress) -> records.TaskOutcome:
+    """evaluate_task, retried at half the batch size after a CUDA out-of-memory error; out of memory at batch
+    size 1 ends the task as budget_exceeded (no scores) instead of ending the run."""
+    from harness.hardware import is_out_of_memory
+
+    oom_batches: list[int] = []
+    start = time.perf_counter()
+    while True:
+        try:
+            outcome = evaluate_task(lm, plan, config, chat, task_manager, device)
+            break
+        except Exception as exc:  # noqa: BLE001 - anything but OOM is re-raised
+            if not is_out_of_memory(exc):
+                raise
+            message = str(exc).splitlines()[0][:200]
+        # the exception (and the tensors its frames hold) is gone here, so the cache can really be emptied
+        batch = _current_batch(lm)
+        oom_batches.append(batch)
+        peak_mb = _free_cuda_memory(device)
+        if batch <= 1:
+            outcome = records.TaskOutcome(
+                task=plan.info.name, task_version=plan.info.version, data_hash=plan.data_hash,
+                fingerprint=plan.fingerprint, status="budget_exceeded",
+                error=f"out of memory at batch size 1 ({message})", wall_s=time.perf_counter() - start,
+                peak_mem_mb=peak_mb, details={"indices": plan.indices, "batch_size": 1})
+            break
+        lm.batch_size_per_gpu = batch // 2
+        progress("status", text=f"{plan.info.name}: out of memory at batch size {batch}; retrying at {batch // 2}")
+    outcome.details["oom_batch_sizes"] = oom_batches
+    return outcome
+
+
+def _current_batch(lm: Any) -> int:
+    """The batch size the last attempt used (lm-eval's detected size when it was 'auto')."""
+    size = lm.batch_size_per_gpu
+    if isinstance(size, int):
+        return size
+    detected = [v for v in getattr(lm, "batch_sizes", {}).values() if isinstance(v, int)]
+    return max(detected) if detected else int(getattr(lm, "max_batch_size", None) or 64)
+
+
+def _free_cuda_memory(device: str) -> float | None:
+    """Release what the failed attempt left in torch's cache; returns that attempt's peak allocated MiB."""
+    import gc
+
+    gc.collect()
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    from harness.hardware import cuda_index
+
+    peak = torch.cuda.max_memory_allocated(cuda_index(device)) / 2**20
+    torch.cuda.empty_cache()
+    return round(peak, 1)
 
 
 def _stored_scores(store: Any, task_result_id: int) -> dict[str, float | None]:

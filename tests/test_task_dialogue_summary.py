@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from harness.config import RunConfig
 from harness.errors import DataError
-from harness.metrics.korean import MorphemeTokenizer, morphemes
+from harness.metrics.korean import MASK, MorphemeTokenizer, morphemes
 from harness.ranking import ranking
 from harness.runner import run
 from harness.store import open_store
@@ -266,7 +266,7 @@ def test_shipped_data_schema_counts_and_hygiene() -> None:
             assert len(turns) >= 4, row["fname"]
             for summary in (row["summary"], row["summary2"]):
                 # a summary names only speakers and masks of its own dialogue, in one paragraph
-                assert set(re.findall(r"#[A-Za-z]+\d*#", summary)) <= set(re.findall(r"#[A-Za-z]+\d*#", row["dialogue"]))
+                assert set(MASK.findall(summary)) <= set(MASK.findall(row["dialogue"])), row["fname"]
                 assert "\n" not in summary
         docs = read_records(TASK_DIR / "data" / f"{split}.csv", TASK)
         assert len(docs) == len(rows)

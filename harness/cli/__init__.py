@@ -29,7 +29,7 @@ def quiet_libraries() -> None:
 
 
 def _register() -> None:
-    from harness.cli import catalog, ensemble, results, run  # noqa: F401  (each module adds its commands to `app`)
+    from harness.cli import catalog, comet, data, ensemble, hardware, leaderboard, results, run, translate  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.cli import app
@@ -24,13 +25,14 @@ def ensemble(runs: Annotated[str, typer.Option("--runs", help="Comma-separated i
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return
     console = Console()
-    table = Table(title=f"run {result.run_id}: {result.model} on {task} ({result.n} items, hardware {result.hardware})")
+    table = Table(title=escape(f"run {result.run_id}: {result.model} on {task} ({result.n} items, "
+                               f"hardware {result.hardware})"))
     table.add_column("voter")
     table.add_column("accuracy", justify="right")
     for member in result.members:
-        table.add_row(f"run {member['run_id']}: {member['model']}", f"{member['accuracy']:.4f}")
+        table.add_row(escape(f"run {member['run_id']}: {member['model']}"), f"{member['accuracy']:.4f}")
     table.add_row("[bold]ensemble[/]", f"[bold]{result.scores['acc']:.4f}[/]")
     for metric, value in result.scores.items():
         if metric.startswith("acc["):
-            table.add_row(f"  {metric}", f"{value:.4f}")
+            table.add_row(escape(f"  {metric}"), f"{value:.4f}")
     console.print(table)

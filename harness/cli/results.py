@@ -19,29 +19,40 @@ from harness.store import open_store
 
 
 def print_scores(console: Console, result: Any) -> None:
-    table = Table(title=f"run {result.run_id}: {result.model} ({result.status}, {result.wall_s:.1f}s)")
-    table.add_column("task")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("n", justify="right")
-    for task, metrics in result.scores.items():
-        for metric, value in metrics.items():
-            table.add_row(task, metric, "n/a" if value is None else f"{value:.4f}", str(result.n.get(task)))
-    console.print(table)
+    if result.scores:
+        table = Table(title=f"run {result.run_id}: {result.model} ({result.status}, {result.wall_s:.1f}s)")
+        table.add_column("task")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column("n", justify="right")
+        for task, metrics in result.scores.items():
+            for metric, value in metrics.items():
+                table.add_row(task, metric, "n/a" if value is None else f"{value:.4f}", str(result.n.get(task)))
+        console.print(table)
+    if result.error:  # budget_exceeded: what was estimated or which task ran out of memory
+        console.print(f"run {result.run_id}: {result.error}", style="yellow", highlight=False, soft_wrap=True)
 
 
 def ranking_table(rows: list[Any]) -> Table:
     tasks = sorted({t for r in rows for t in r.scores})
     table = Table(title="kobench ranking (main metric per task, 0-100)")
-    for col in ("rank", "model", "hardware", *tasks, "avg", "tasks", "params", "peak MB", "gen tok/s"):
-        table.add_column(col, justify="right" if col not in ("model", "hardware") else "left")
+    for col in ("rank", "model", "hardware", "precision", *tasks, "avg", "tasks", "params", "peak MB", "gen tok/s"):
+        table.add_column(col, justify="right" if col not in ("model", "hardware", "precision") else "left")
     for r in rows:
         name = r.model + (f"  [dim](base {r.base_model})[/]" if r.base_model else "")
         cells = [f"{r.scores[t]:.1f}" if r.scores.get(t) is not None else "-" for t in tasks]
-        table.add_row(str(r.rank), name, r.hardware, *cells, "-" if r.average is None else f"{r.average:.1f}",
+        table.add_row(str(r.rank), name, r.hardware, precision_label(r.dtype, r.quantization), *cells, "-" if r.average is None else f"{r.average:.1f}",
                       str(r.n_tasks), _human(r.n_params), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
                       "-" if r.gen_tokens_per_s is None else f"{r.gen_tokens_per_s:.1f}")
     return table
+
+
+def precision_label(dtype: str | None, quantization: str | None) -> str:
+    """nf4 / int8 when quantized, else the short dtype (bf16, fp16, fp32)."""
+    if quantization:
+        return quantization
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    return short.get(dtype or "", dtype or "-")
 
 
 def _human(n: int | None) -> str:

@@ -20,7 +20,8 @@ AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="PEFT LoRA ada
 TasksOpt = Annotated[str | None, typer.Option("--tasks", "-t", help="Comma-separated task names")]
 SuiteOpt = Annotated[str | None, typer.Option("--suite", help="Named suite: full or quick")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most N items per task (a fixed stratified subset)")]
-HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware profile name recorded with the run")]
+HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware profile (see `kobench hardware`): memory "
+                                          "budget checked before loading and enforced while running")]
 DataOpt = Annotated[list[str] | None, typer.Option("--data", help="TASK=PATH: replace a task's test data")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 BatchOpt = Annotated[str, typer.Option("--batch-size", help="Batch size or 'auto'")]
@@ -29,12 +30,13 @@ BatchOpt = Annotated[str, typer.Option("--batch-size", help="Batch size or 'auto
 def build_config(model: str, adapter: str | None, tasks: str | None, suite: str | None, limit: int | None,
                  hardware: str, db: str | None, data: list[str] | None, device: str, batch_size: str, force: bool,
                  online: bool, trust_remote_code: bool, chat_template: str, num_fewshot: int | None,
-                 categories: str | None, seed: int, refined: bool) -> RunConfig:
+                 categories: str | None, seed: int, refined: bool, quantize: str = "none",
+                 profiles: list[str] | None = None) -> RunConfig:
     return RunConfig(model=model, adapter=adapter, tasks=split_csv(tasks), suite=suite, limit=limit,
                      hardware=hardware, db=db, data=parse_data_overrides(data or []), device=device,
                      batch_size=batch_size, force=force, online=online, trust_remote_code=trust_remote_code,
                      chat_template=chat_template, num_fewshot=num_fewshot, categories=split_csv(categories),
-                     seed=seed, refined=refined)
+                     seed=seed, refined=refined, quantize=quantize, profiles=list(profiles or []))
 
 
 class RichProgress:
@@ -91,18 +93,28 @@ def run(model: ModelOpt, adapter: AdapterOpt = None, tasks: TasksOpt = None, sui
         categories: Annotated[str | None, typer.Option("--categories", help="Only items of these categories")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 1234,
         refined: Annotated[bool, typer.Option("--refined", help="Clean conversations first (ko_context_inference)")] = False,
+        quantize: Annotated[str, typer.Option("--quantize", help="none, int8, nf4, or auto: int8/nf4 only when "
+                                              "full precision does not fit --hardware")] = "none",
+        profiles: Annotated[list[str] | None, typer.Option("--profiles", help="YAML file of extra hardware "
+                                                           "profiles (repeatable; or KOBENCH_PROFILES)")] = None,
         as_json: JsonOption = False) -> None:
-    """Evaluate one model (or model + adapter) on tasks and store every result."""
+    """Evaluate one model (or model + adapter) on tasks and store every result.
+
+    Exit code 3 when the model does not fit --hardware (the run is stored with status budget_exceeded)."""
+    from harness.hardware import BUDGET_EXCEEDED_EXIT_CODE
+
     config = build_config(model, adapter, tasks, suite, limit, hardware, db, data, device, batch_size, force, online,
-                          trust_remote_code, chat_template, num_fewshot, categories, seed, refined)
+                          trust_remote_code, chat_template, num_fewshot, categories, seed, refined, quantize, profiles)
     console = Console(stderr=as_json)
     result = execute(config, console)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
-        return
-    from harness.cli.results import print_scores
+    else:
+        from harness.cli.results import print_scores
 
-    print_scores(console, result)
+        print_scores(console, result)
+    if result.status == "budget_exceeded":
+        raise SystemExit(BUDGET_EXCEEDED_EXIT_CODE)  # typer.Exit's code would be lost (standalone_mode=False)
 
 
 def load_candidates(path: Path) -> list[dict[str, Any]]:

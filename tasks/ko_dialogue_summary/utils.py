@@ -34,8 +34,8 @@ def clean_summary(text: str) -> str:
     """The summary paragraph of a generation, without the artefacts the reference style never has.
 
     Drops leading heading or intro lines ("## 요약", "요약:"), a "요약:" prefix and a leading "#PersonN#:" turn tag,
-    and cuts where the model starts a new dialogue turn, echoes the prompt, or starts a second paragraph. "#Person1#" mentions inside a
-    sentence stay: the references are written that way.
+    and cuts where the model starts a new dialogue turn, echoes the prompt, or starts a second paragraph.
+    "#Person1#" mentions inside a sentence stay: the references are written that way.
     """
     text = (text or "").split(PROMPT_ECHO)[0]
     lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
