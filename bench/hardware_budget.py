@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen-tokens", type=int, default=None, help="default 128 (8 with --tiny)")
     parser.add_argument("--max-batch", type=int, default=None, help="largest batch tried (default 64; 4 --tiny)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--allocator", default=hardware.CUDA_ALLOC_CONF,
+                        help="PYTORCH_CUDA_ALLOC_CONF, as kobench sets it under a profile ('' for torch's default)")
     args = parser.parse_args(argv)
+    if args.allocator:  # before CUDA's first use, which reads it
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.allocator
 
     models = TINY_MODELS if args.tiny else MODELS
     chosen = args.models.split(",") if args.models else list(models)
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "bitsandbytes": __import__("bitsandbytes").__version__ if have_bnb else None},
-        "settings": {"tiny": args.tiny, "prompt_tokens": prompt, "gen_tokens": gen, "max_batch": max_batch},
+        "settings": {"tiny": args.tiny, "prompt_tokens": prompt, "gen_tokens": gen, "max_batch": max_batch,
+                     "allocator": args.allocator},
         "estimator": {"cuda_context_bytes": hardware.CUDA_CONTEXT_BYTES, "quantized_bytes": hardware.QUANTIZED_BYTES},
         "scenarios": []}
     if on_gpu:

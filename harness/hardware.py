@@ -45,6 +45,7 @@ PROFILE_KEYS = {"kind", "vram_gib", "ram_gib", "bf16", "description"}
 CUDA_CONTEXT_BYTES = 640 * 2**20
 # Resident memory of a Python process with torch, transformers and lm-eval imported, before any model is loaded.
 CPU_RUNTIME_BYTES = 1 * GIB
+CUDA_ALLOC_CONF = "expandable_segments:True"
 MAX_AUTO_BATCH = {"gpu": 64, "cpu": 8}
 # Bytes per projection weight: int8 (LLM.int8) one byte plus a per-row scale (ignored); nf4 half a byte plus one
 # 8-bit absmax per 64-weight block and, with double quantization, one fp32 scale per 256 absmax values.
@@ -451,13 +452,17 @@ def estimate_memory(dims: ModelDims, params: ParamCounts, shape: TaskShape, prec
     """The module docstring's formula for one task."""
     act = act_bytes_of(precision)
     seq = shape.seq_len
-    working_set = batch_size * seq * (4 * dims.hidden_size + 3 * dims.intermediate_size) * act
-    # log-likelihood scoring keeps the whole [batch, seq, vocab] logits plus lm-eval's log_softmax of them
-    logits = batch_size * seq * dims.vocab_size * 2 * act if shape.loglikelihood else 0
+    kv_cache = dims.kv_cache_bytes(seq, batch_size, act)
+    activations = batch_size * seq * (4 * dims.hidden_size + 3 * dims.intermediate_size) * act
+    if shape.loglikelihood:
+        # The forward ends holding the KV cache and the [batch, seq, vocab] logits; lm-eval's log_softmax then makes
+        # a second logits-sized tensor, by which time the cache is freed. So KV + activations = max(KV + working
+        # set, KV + logits, 2 x logits).
+        logits = batch_size * seq * dims.vocab_size * act
+        activations = max(activations, logits, 2 * logits - kv_cache)
     return MemoryEstimate(
         task=shape.task, precision=precision, batch_size=batch_size, seq_len=seq, n_params=params.total,
-        weights_bytes=params.weight_bytes(precision), kv_cache_bytes=dims.kv_cache_bytes(seq, batch_size, act),
-        activation_bytes=max(working_set, logits),
+        weights_bytes=params.weight_bytes(precision), kv_cache_bytes=kv_cache, activation_bytes=activations,
         overhead_bytes=CUDA_CONTEXT_BYTES if kind == "gpu" else CPU_RUNTIME_BYTES)
 
 
@@ -564,6 +569,12 @@ def plan_budget(profile: HardwareProfile, dims: ModelDims, params: ParamCounts, 
 # ---------------------------------------------------------------------------------------------------------------
 # Enforcement and measurement on a GPU
 # ---------------------------------------------------------------------------------------------------------------
+
+def prepare_cuda_allocator() -> None:
+    """Expandable segments keep torch's caching allocator from fragmenting under a cap (without them the growing
+    KV cache and freed MLP blocks leave reserved memory well above allocated). Read once, at CUDA's first use."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
+
 
 def cuda_index(device: str) -> int:
     import torch

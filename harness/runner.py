@@ -33,10 +33,9 @@ CPU_DEFAULT_BATCH = 8
 
 
 def offline_env(online: bool) -> None:
-    """kobench runs offline unless --online: lm-eval and transformers otherwise wait on hub timeouts."""
-    if not online:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    """Record the hub mode for this process (harness/__init__ already defaulted to offline before any HF import)."""
+    if online:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "0"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -381,6 +380,10 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     progress = progress or (lambda *a, **k: None)
     offline_env(config.online)
     config.validate()
+    if config.hardware != "unspecified":
+        from harness.hardware import prepare_cuda_allocator
+
+        prepare_cuda_allocator()
     spec = resolve_model(config.model, config.adapter, online=config.online, trust_remote_code=config.trust_remote_code)
     device = select_device(config.device)
     plans = plan_tasks(config)

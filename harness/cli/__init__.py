@@ -34,6 +34,10 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point: user mistakes end as one `error:` line and exit code 2, never a traceback."""
+    if "--online" in sys.argv[1:]:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ[var] = "0"
+        os.environ["KOBENCH_ONLINE"] = "1"
     _register()
     quiet_libraries()
     try:
