@@ -170,7 +170,8 @@ def _run_worker(venv: Path, request: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kobench-comet-") as tmp:
         in_path, out_path = Path(tmp) / "in.json", Path(tmp) / "out.json"
         in_path.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-        proc = subprocess.run([str(venv_python(venv)), str(WORKER), str(in_path), str(out_path)],
+        # -I: without the script's folder on sys.path, where harness/comet.py would shadow the comet package
+        proc = subprocess.run([str(venv_python(venv)), "-I", str(WORKER), str(in_path), str(out_path)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out_path.exists():
             tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())

@@ -342,6 +342,18 @@ def test_missing_store_is_a_clear_error_in_the_app(tmp_path: Path, monkeypatch: 
     assert "no such results store" in at.error[0].value
 
 
+def test_empty_store_pages_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty.db"
+    open_store(empty).dispose()
+    monkeypatch.setattr(sys, "argv", [APP, "--db", str(empty)])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and "kobench run" in at.info[0].value
+    for page in ("run_detail", "samples", "compare", "plots"):
+        open_page(at, page)
+        assert at.info, page
+
+
 def test_cli_refuses_a_missing_store_and_a_bad_port(tmp_path: Path) -> None:
     proc = kobench("leaderboard", "--db", str(tmp_path / "none.db"))
     assert proc.returncode == 2 and "no such results store" in proc.stderr and "Traceback" not in proc.stderr

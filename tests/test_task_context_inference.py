@@ -446,8 +446,9 @@ def test_ensemble_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = last_json_line(proc.stdout)
     assert out["scores"]["acc"] == pytest.approx(4 / 6) and out["n"] == 6
-    shown = last_json_line(kobench("show", "--db", str(db), "--json", check=True).stdout)
-    assert any(row["kind"] == "ensemble" and row["run_ids"] == [out["run_id"]] for row in shown)
+    store = open_store(db, readonly=True)
+    assert any(row.kind == "ensemble" and row.run_ids == [out["run_id"]] for row in ranking(store))
+    store.dispose()
 
 
 # --- user data errors through the CLI -------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from harness.store.schema import Sample, Score
 from harness.taskdata import read_records
 from harness.taskdata.md_translation import read_md_translation, source_from_prompt
 from harness.tasks import discover_tasks
-from tests.conftest import REPO, file_digest, kobench
+from tests.conftest import REPO, file_digest
 
 TASK_DIR = REPO / "tasks" / "ko_md_translation"
 DATA = TASK_DIR / "data"
@@ -40,6 +43,32 @@ def _utils():  # noqa: ANN202 - the task's utils.py, imported the way lm-eval do
 
 def _raw(split: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def kobench(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """The real entry point (harness.cli.main) in this process: the exit code, stdout and stderr it produced."""
+    from harness.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["kobench", *args])
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        out, err = io.StringIO(), io.StringIO()
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def _write(path: Path, lines: list[str]) -> Path:

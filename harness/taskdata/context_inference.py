@@ -98,7 +98,6 @@ PLACEHOLDER_NAME = "인물"
 
 _JAMO = "\u3131-\u3163"  # Hangul compatibility jamo ㄱ..ㅣ
 _JAMO_RUN = re.compile(f"[{_JAMO}]+")
-_SYLLABLE = re.compile("[\uac00-\ud7a3]")
 _NOISE = re.compile(f"(?<![0-9A-Za-z])[{re.escape(NOISE_SYMBOLS)}]|[{re.escape(NOISE_SYMBOLS)}](?![0-9A-Za-z])")
 _WORDLESS = re.compile(f"[^0-9A-Za-z\uac00-\ud7a3{_JAMO}]+")
 
