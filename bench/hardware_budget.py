@@ -1,8 +1,8 @@
 """Does harness.hardware's memory estimate match what a GPU really uses under a hardware profile?
 
 For randomly initialised models built from hand-written configs (EXAONE-3.5-7.8B as a LlamaConfig, Llama-3.2-3B),
-for each profile (rtx4090-24gb, t4-16gb) and precision (the profile's full precision, bf16 or fp16; nf4 when
-bitsandbytes is installed), this script asks harness.hardware whether the model fits and at which batch size, caps
+for each profile (rtx4090-24gb, t4-16gb) and precision (the profile's full precision, bf16 or fp16; int8 and nf4
+when bitsandbytes is installed), this script asks harness.hardware whether the model fits and at which batch size, caps
 the process at the profile's memory exactly as `kobench run --hardware` does, and runs two workloads at that batch:
 
     generate  prefill of --prompt-tokens + greedy decode of --gen-tokens (lm-eval's generate_until)
@@ -82,10 +82,11 @@ def build_full(config: LlamaConfig, dtype: torch.dtype, device: str) -> LlamaFor
     return model.eval()
 
 
-def build_nf4(config: LlamaConfig, compute_dtype: torch.dtype, device: str) -> LlamaForCausalLM:
-    """The model on the meta device, then each projection quantized to NF4 (double quant, as harness.models loads
-    it) from a random 16-bit weight one at a time, and the rest (embeddings, norms, lm_head) materialised in 16-bit:
-    the peak is the NF4 model plus one projection, as when transformers loads a checkpoint with bitsandbytes."""
+def build_quantized(config: LlamaConfig, precision: str, compute_dtype: torch.dtype, device: str) -> LlamaForCausalLM:
+    """The model on the meta device, then each projection quantized (nf4 with double quant, or LLM.int8, as
+    harness.models loads them) from a random 16-bit weight one at a time, and the rest (embeddings, norms, lm_head)
+    materialised in 16-bit: the peak is the quantized model plus one projection, as when transformers loads a
+    checkpoint with bitsandbytes."""
     import bitsandbytes as bnb
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -99,12 +100,18 @@ def build_nf4(config: LlamaConfig, compute_dtype: torch.dtype, device: str) -> L
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear) and child is not model.lm_head:
-                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
-                                          compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
-                                          device="meta")
                 weight = torch.empty(child.out_features, child.in_features, dtype=compute_dtype, device=device)
-                layer.weight = bnb.nn.Params4bit(weight.normal_(0, 0.02), requires_grad=False, quant_type="nf4",
-                                                 compress_statistics=True).to(device)
+                weight.normal_(0, 0.02)
+                if precision == "nf4":
+                    layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
+                                              compute_dtype=compute_dtype, compress_statistics=True,
+                                              quant_type="nf4", device="meta")
+                    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4",
+                                                     compress_statistics=True).to(device)
+                else:
+                    layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=False,
+                                                has_fp16_weights=False, threshold=6.0, device="meta")
+                    layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
                 del weight
                 setattr(parent, name, layer)
     for module in model.modules():
@@ -280,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="2-layer configs, short sequences, CPU unless a GPU")
     parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--profiles", default="rtx4090-24gb,t4-16gb")
-    parser.add_argument("--precisions", default="full,nf4", help="full (the profile's bf16/fp16) and/or nf4")
+    parser.add_argument("--precisions", default="full,int8,nf4",
+                        help="full (the profile's bf16/fp16), int8 and/or nf4 (these two need bitsandbytes)")
     parser.add_argument("--workloads", default="generate,score")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="default 1024 (16 with --tiny)")
     parser.add_argument("--gen-tokens", type=int, default=None, help="default 128 (8 with --tiny)")
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             for precision_arg in args.precisions.split(","):
                 quantize = "none" if precision_arg == "full" else precision_arg
                 precision = profile.full_precision if quantize == "none" else quantize
-                if quantize == "nf4" and not have_bnb:
+                if quantize != "none" and not have_bnb:
                     report["scenarios"].append(Scenario(model_name, profile_name, precision, "-",
                                                         error="bitsandbytes not installed").__dict__)
                     continue
@@ -371,12 +379,12 @@ def run_precision(config: LlamaConfig, dims: hardware.ModelDims, params: hardwar
     cap = hardware.apply_memory_cap(profile, device) if device.startswith("cuda") else None
     model = None
     try:
-        compute = profile.full_precision  # also bitsandbytes' compute dtype for nf4
+        compute = profile.full_precision  # also bitsandbytes' compute dtype for int8 / nf4
         start = time.perf_counter()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        model = build_nf4(config, DTYPES[compute], device) if quantize == "nf4" else \
-            build_full(config, DTYPES[compute], device)
+        model = build_full(config, DTYPES[compute], device) if quantize == "none" else \
+            build_quantized(config, quantize, DTYPES[compute], device)
         sync(device)
         weights = {"build_s": round(time.perf_counter() - start, 2)}
         if device.startswith("cuda"):

@@ -231,8 +231,10 @@ def _attach_adapter(spec: ModelSpec, adapter: str) -> None:
         raise KobenchError(f"--adapter {adapter}: adapter_config.json is not valid JSON ({exc})") from None
     meta_file = path / ADAPTER_META_FILE
     base_hash = None
+    meta: dict[str, Any] = {}
     if meta_file.exists():
-        base_hash = json.loads(meta_file.read_text()).get("base", {}).get("weights_hash")
+        meta = json.loads(meta_file.read_text())
+        base_hash = meta.get("base", {}).get("weights_hash")
     recorded_base = adapter_config.get("base_model_name_or_path") or ""
     if base_hash and spec.weights_hash and base_hash != spec.weights_hash:
         raise KobenchError(f"--adapter {adapter}: trained on a different base (base weights {base_hash[:12]}, "
@@ -244,6 +246,8 @@ def _attach_adapter(spec: ModelSpec, adapter: str) -> None:
     spec.adapter_path = str(path.resolve())
     spec.adapter_hash = weights_fingerprint(path)
     spec.adapter_base = recorded_base or None
+    if meta.get("training"):
+        spec.details["training"] = meta["training"]  # `kobench finetune`'s record: lands on the adapter's model row
 
 
 def _same_base(recorded: str, spec: ModelSpec) -> bool:
@@ -318,13 +322,16 @@ def load_model(spec: ModelSpec, device: str, dtype: str = "auto", quantization: 
     if spec.adapter_path:
         from peft import PeftModel
 
+        if (Path(spec.adapter_path) / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(spec.adapter_path)
+            # `kobench finetune` adds a pad token when the base pads with EOS; its adapter carries the grown embeddings
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
         try:
             model = PeftModel.from_pretrained(model, spec.adapter_path)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise KobenchError(f"--adapter {spec.adapter_path}: does not fit --model {spec.name} "
                                f"({str(exc).splitlines()[0][:200]}). Pass the adapter's base model") from None
-        if (Path(spec.adapter_path) / "tokenizer_config.json").exists():
-            tokenizer = AutoTokenizer.from_pretrained(spec.adapter_path)
     model.eval()
     return model, tokenizer
 

@@ -1,6 +1,6 @@
 """`kobench leaderboard` in a real browser: the served app, driven by headless Chromium through Selenium.
 
-Needs Debian's chromium + chromium-driver; the setup installs them with scripts/install_browser.sh when missing and
+Needs Debian's chromium + chromium-driver; the setup installs them with scripts/install_system_deps.sh when missing and
 skips (saying why) only when that fails. Leaves a screenshot at artifacts/leaderboard.png.
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-qu
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "install_browser.sh")], capture_output=True, text=True,
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "install_system_deps.sh")], capture_output=True, text=True,
                               timeout=900)
         if proc.returncode != 0 or not CHROMIUM.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            pytest.skip(f"chromium could not be installed by scripts/install_browser.sh: {tail[0]}")
+            pytest.skip(f"chromium could not be installed by scripts/install_system_deps.sh: {tail[0]}")
     return CHROMIUM
 
 
