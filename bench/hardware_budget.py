@@ -8,10 +8,10 @@ the process at the profile's memory exactly as `kobench run --hardware` does, an
     generate  prefill of --prompt-tokens + greedy decode of --gen-tokens (lm-eval's generate_until)
     score     one forward over prompt + gen tokens with full logits and log_softmax (lm-eval's loglikelihood)
 
-It records peak allocated, peak reserved and NVML-reported device memory against the estimate (target: within 15 %
-of NVML), prefill and decode tokens/s, and the CUDA context size that harness.hardware.CUDA_CONTEXT_BYTES stands for.
-Writes $OUT/hardware_budget.json ($OUT defaults to ./bench_out). Needs torch + transformers (+ bitsandbytes for nf4),
-not lm-eval.
+It records peak allocated, peak reserved and NVML-reported device memory against the estimate (target: within
+15 %), prefill and decode tokens/s, and the CUDA context size that harness.hardware.CUDA_CONTEXT_BYTES stands for.
+Writes $OUT/hardware_budget.json ($OUT defaults to ./bench_out). Needs torch + transformers (+ bitsandbytes for
+int8 and nf4), not lm-eval.
 
     python bench/hardware_budget.py             # on a GPU larger than the profiles (an A100/H100/H200)
     python bench/hardware_budget.py --tiny      # a 2-layer config on CPU in seconds: checks the script runs

@@ -77,10 +77,14 @@ def korean_ratio(text: str) -> float | None:
 
 
 def key_term_recall(answer: str, key_terms: list[str]) -> float | None:
-    """Share of key terms whose morphemes occur as a contiguous run in the answer's morphemes.
+    """Share of key terms found in the answer, matched on morphemes.
 
     Matching on morphemes means particles don't break a match ("대항력을" contains "대항력"), and citations match
-    however they are spaced ("제3조의2" ~ "제 3조의 2"). None when the item has no key terms (not computed, not 0).
+    however they are spaced ("제3조의2" ~ "제 3조의 2"). A term matches a run of consecutive answer morphemes whose
+    concatenation equals the term's: Mecab may cut a compound differently inside a sentence than alone
+    ("우선변제권" alone vs "우선|변제|권" in context), so comparing token lists would miss it. The run must start and
+    end on morpheme boundaries, so "권" inside "채권자" does not match a term "권". None when the item has no key
+    terms (not computed, not 0).
     """
     terms = [t.strip() for t in key_terms if t and t.strip()]
     if not terms:
@@ -88,8 +92,19 @@ def key_term_recall(answer: str, key_terms: list[str]) -> float | None:
     answer_tokens = morphemes(answer)
     found = 0
     for term in terms:
-        term_tokens = morphemes(term)
-        n = len(term_tokens)
-        if n and any(answer_tokens[i:i + n] == term_tokens for i in range(len(answer_tokens) - n + 1)):
+        target = "".join(morphemes(term)) or term.replace(" ", "")
+        if any(_run_spells(answer_tokens, start, target) for start in range(len(answer_tokens))):
             found += 1
     return found / len(terms)
+
+
+def _run_spells(tokens: list[str], start: int, target: str) -> bool:
+    """Do tokens[start], tokens[start+1], ... concatenate to exactly `target`?"""
+    joined = ""
+    for token in tokens[start:]:
+        joined += token
+        if joined == target:
+            return True
+        if not target.startswith(joined):
+            return False
+    return False
