@@ -111,7 +111,9 @@ def build_quantized(config: LlamaConfig, precision: str, compute_dtype: torch.dt
                 else:
                     layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=False,
                                                 has_fp16_weights=False, threshold=6.0, device="meta")
-                    layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+                    # Int8Params quantizes only on a move from the CPU, so the weight makes that trip
+                    layer.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False,
+                                                     has_fp16_weights=False).to(device)
                 del weight
                 setattr(parent, name, layer)
     for module in model.modules():

@@ -65,10 +65,10 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     device = config.training_device
 
     base = choose_base_model(config)
+    data = build_sft_data(config.tasks, config.data, config.seed, config.max_examples)
     output = prepare_output_dir(config, base)
     progress("status", text=f"fine-tuning {base.argument} ({config.method}, preset {config.preset}) into {output}")
 
-    data = build_sft_data(config.tasks, config.data, config.seed, config.max_examples)
     tokenizer = load_tokenizer(base.spec, config, progress)
     template_source = ensure_chat_template(tokenizer)
     system_dropped = fit_to_template(data, tokenizer)
@@ -79,7 +79,7 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     pad = ensure_pad_token(tokenizer, model)
     trainer = build_trainer(model, tokenizer, data, config, output, device, progress)
 
-    training = train(trainer, config, device)
+    training = train(trainer, device)
     meta = save_adapter(trainer, tokenizer, base, data, config, output, training,
                         {"source": template_source, "template": tokenizer.chat_template,
                          "system_turns_dropped": system_dropped}, pad)
@@ -316,6 +316,9 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
                 "save_steps": eval_steps} if eval_steps else {"eval_strategy": "epoch", "save_strategy": "epoch"}
     on_gpu = device.startswith("cuda")
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                     else "gradient_checkpointing")
     return SFTConfig(
         output_dir=str(output / "checkpoints"), seed=config.seed, data_seed=config.seed,
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
@@ -324,7 +327,7 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
         lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
         # the data: conversational prompt-completion, loss on the completion (answer + end of turn) only
         max_length=config.max_length, completion_only_loss=True, packing=False,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **{checkpointing: config.gradient_checkpointing},
         neftune_noise_alpha=config.neftune_alpha, use_liger_kernel=config.liger,
         **schedule, save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
         greater_is_better=False, eval_on_start=True,
@@ -335,16 +338,21 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
 
 def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneConfig, output: Path, device: str,
                   progress: Progress) -> Any:
+    import datasets
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTTrainer
+
+    datasets.disable_progress_bars()  # TRL's tokenizing passes take no time worth a bar each
 
     args = sft_config(config, output, device, len(data.train))
     callbacks = [LossLog(output / LOSS_LOG), TrainingProgress(progress),
                  EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
-    return SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
-                      train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
-                      eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]), callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
+                         train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
+                         eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # TrainingProgress reports the losses
+    return trainer
 
 
 class LossLog(TrainerCallback):
@@ -394,7 +402,7 @@ class TrainingProgress(TrainerCallback):
 # 4. Train
 # ---------------------------------------------------------------------------------------------------------------
 
-def train(trainer: Any, config: FinetuneConfig, device: str) -> dict[str, Any]:
+def train(trainer: Any, device: str) -> dict[str, Any]:
     """Run the trainer; returns the training record's numbers (losses, steps, speed, peak memory)."""
     from harness.runner import MemorySampler
 

@@ -46,7 +46,7 @@ def venv_problem(venv: Path) -> str | None:
     python = venv_python(venv)
     if not python.exists():
         return f"no COMET environment at {venv}; create it with `kobench comet setup`"
-    check = subprocess.run([str(python), "-c", "import comet"], capture_output=True, text=True)
+    check = subprocess.run([str(python), "-I", "-c", "import comet"], capture_output=True, text=True)
     if check.returncode != 0:
         last = (check.stderr.strip().splitlines() or ["import failed"])[-1]
         return f"the COMET environment at {venv} cannot import comet ({last}); recreate it with " \

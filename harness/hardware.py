@@ -8,8 +8,10 @@ The estimate, per task (docs/hardware.md has the derivation):
 
     weights     = params x bytes/param at the precision (int8/nf4 quantize the projection weights only)
     kv_cache    = 2 x layers x kv_heads x head_dim x act_bytes x batch x seq
-    activations = max(batch x seq x (4 x hidden + 3 x intermediate) x act_bytes,     one layer's working set
-                      batch x seq x vocab x 2 x act_bytes   if the task scores choices by log-likelihood)
+    activations = working set of one layer: batch x seq x (4 x hidden + 3 x intermediate) x act_bytes
+                  (+ batch x seq x intermediate x 4 for int8's int32 matmul output);
+                  for log-likelihood tasks the largest of that, the logits (batch x seq x vocab x act_bytes)
+                  and 2 x logits - kv_cache (lm-eval's log_softmax copy, made after the cache is freed)
     overhead    = CUDA context + cuBLAS workspace (GPU) or the Python/torch/lm-eval runtime (CPU)
 
 with seq = longest prompt (+ continuation) + max_gen_toks, capped at the model's context length, and act_bytes = 2
@@ -455,6 +457,8 @@ def estimate_memory(dims: ModelDims, params: ParamCounts, shape: TaskShape, prec
     seq = shape.seq_len
     kv_cache = dims.kv_cache_bytes(seq, batch_size, act)
     activations = batch_size * seq * (4 * dims.hidden_size + 3 * dims.intermediate_size) * act
+    if precision == "int8":  # LLM.int8 accumulates a projection's output in int32 before scaling it back
+        activations += batch_size * seq * dims.intermediate_size * 4
     if shape.loglikelihood:
         # The forward ends holding the KV cache and the [batch, seq, vocab] logits; lm-eval's log_softmax then makes
         # a second logits-sized tensor, by which time the cache is freed. So KV + activations = max(KV + working

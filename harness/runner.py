@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from harness import multigpu
 from harness.config import RunConfig, load_suites
 from harness.errors import KobenchError
 from harness.models import ModelSpec, count_parameters, identity_key, load_model, resolve_model, select_device
@@ -230,13 +233,17 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str) -> Any:
-    """lm-eval's HF backend around an already-loaded model, counting tokens and time per request type."""
+def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str, **hf_kwargs: Any) -> Any:
+    """lm-eval's HF backend around an already-loaded model (or a path lm-eval loads itself, with `hf_kwargs` such
+    as parallelize=True), counting tokens and time per request type."""
     from lm_eval.models.huggingface import HFLM
+
+    from harness import fastgen
 
     class KobenchLM(HFLM):
         def reset_counters(self) -> None:
             self.counters = {"prompt_tokens": 0, "gen_tokens": 0, "prompt_s": 0.0, "gen_s": 0.0}
+            self.generation_buckets = []  # harness.fastgen.BucketStats of every generate call
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
             start = time.perf_counter()
@@ -247,7 +254,9 @@ def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str) -> Any:
 
         def generate_until(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
             start = time.perf_counter()
-            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            # kobench's generation path: memory-sized length buckets, same outputs (harness/fastgen.py)
+            out, buckets = fastgen.generate_until(self, requests, disable_tqdm=disable_tqdm)
+            self.generation_buckets.extend(buckets)
             self.counters["gen_s"] += time.perf_counter() - start
             self.counters["prompt_tokens"] += sum(len(self.tok_encode(r.args[0])) for r in requests)
             self.counters["gen_tokens"] += sum(len(self.tok_encode(text)) for text in out)
@@ -255,7 +264,7 @@ def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str) -> Any:
 
     if batch_size == "auto" and not device.startswith("cuda"):
         batch_size = str(CPU_DEFAULT_BATCH)  # lm-eval's auto probe runs max-length forwards: minutes on a CPU
-    lm = KobenchLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    lm = KobenchLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, **hf_kwargs)
     lm.reset_counters()
     return lm
 
@@ -339,7 +348,8 @@ def _score_rows(task: TaskInfo, task_results: dict[str, Any], n: int | None,
 
 
 def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_manager: Any,
-                  device: str) -> records.TaskOutcome:
+                  device: str) -> records.TaskOutcome | None:
+    """One task through lm-eval; None in a data-parallel follower rank (rank 0 gets everyone's samples)."""
     from lm_eval import simple_evaluate
 
     lm.reset_counters()
@@ -352,6 +362,9 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
             bootstrap_iters=config.bootstrap_iters, random_seed=config.seed, numpy_random_seed=config.seed,
             torch_random_seed=config.seed, fewshot_random_seed=config.seed, verbosity="ERROR")
     wall = time.perf_counter() - start
+    multigpu.gather_counters(lm)
+    if results is None:
+        return None
     name = plan.info.name
     n = (results.get("n-samples", {}).get(name) or {}).get("effective")
     samples = _sample_rows(plan.info, results["samples"][name])
@@ -375,17 +388,22 @@ def _chat_enabled(config: RunConfig, tokenizer: Any) -> bool:
     return has_template if config.chat_template == "auto" else config.chat_template == "on"
 
 
-def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
-    """Evaluate one model on the configured tasks; returns what `kobench run --json` prints."""
+def run(config: RunConfig, progress: Progress | None = None,
+        parallel: multigpu.ParallelConfig | None = None) -> RunResult:
+    """Evaluate one model on the configured tasks; returns what `kobench run --json` prints.
+
+    `parallel` (harness.multigpu.ParallelConfig): model parallel, vLLM, or (in a launched group) data parallel."""
     progress = progress or (lambda *a, **k: None)
     offline_env(config.online)
     config.validate()
+    parallel = (parallel or multigpu.ParallelConfig()).validate(config)
+    dp = multigpu.DataParallel.from_env(config, parallel)  # None unless launched as one of N processes
     if config.hardware != "unspecified":
         from harness.hardware import prepare_cuda_allocator
 
         prepare_cuda_allocator()
     spec = resolve_model(config.model, config.adapter, online=config.online, trust_remote_code=config.trust_remote_code)
-    device = select_device(config.device)
+    device = dp.device if dp else select_device(config.device)
     plans = plan_tasks(config)
     # The tokenizer decides whether the chat template applies, which is part of every task's fingerprint.
     tokenizer = _load_tokenizer(spec, progress)
@@ -396,17 +414,21 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     dtype_name = _dtype_name(budget.compute_dtype if budget else config.dtype, device)
     model_identity = identity_key(spec, dtype_name, quantization)
     for plan in plans:
-        plan.fingerprint = _fingerprint(plan, model_identity, config, chat)
+        plan.fingerprint = multigpu.fingerprint(_fingerprint(plan, model_identity, config, chat), parallel, dp, config)
     cap = None
     if budget and budget.fits and budget.profile.kind == "gpu" and device.startswith("cuda"):
         from harness.hardware import apply_memory_cap
 
         cap = apply_memory_cap(budget.profile, device)
 
+    if dp and not dp.is_writer:  # only rank 0 writes to the store
+        return multigpu.follow(dp, config, spec, plans, chat, budget, quantization)
     store = open_store(config.db)
     try:
         return _run_with_store(config, spec, device, plans, chat, dtype_name, model_identity, store, progress,
-                               budget, quantization, cap)
+                               budget, quantization, cap, parallel=parallel, dp=dp)
+    except DBAPIError as exc:
+        raise store.write_error(exc) from None
     finally:
         store.dispose()
         if cap:
@@ -473,22 +495,31 @@ def _dtype_name(dtype: str, device: str) -> str:
 
 def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list[TaskPlan], chat: bool,
                     dtype_name: str, model_identity: str, store: Any, progress: Progress, budget: Any = None,
-                    quantization: str | None = None, cap: dict[str, Any] | None = None) -> RunResult:
+                    quantization: str | None = None, cap: dict[str, Any] | None = None, parallel: Any = None,
+                    dp: Any = None) -> RunResult:
     records.mark_stale_runs(store)
     over_budget = budget is not None and not budget.fits
     reusable = {} if config.force or over_budget else {
         p.info.name: records.find_reusable(store, p.fingerprint) for p in plans}
     todo = [p for p in plans if not reusable.get(p.info.name)]
+    if dp:  # the follower ranks compute exactly these tasks with rank 0
+        dp.share_todo([] if over_budget else [p.info.name for p in todo])
     model = lm = None
     n_params = budget.worst.n_params if budget else None
     if todo and not over_budget:
         precision = f" as {budget.precision} under {budget.profile.name}" if budget else ""
         progress("status", text=f"loading {spec.display_name} on {device}{precision}")
-        model, tokenizer = load_model(spec, device, budget.compute_dtype if budget else config.dtype, quantization)
-        n_params = count_parameters(model)
         batch = str(budget.batch_sizes[todo[0].info.name]) if budget and config.batch_size == "auto" \
             else config.batch_size
-        lm = make_lm(model, tokenizer, batch, device)
+        if parallel is not None and parallel.own_loader:  # --parallelize or --backend vllm: lm-eval loads it
+            lm, n_params = multigpu.load_lm(spec, device, config.dtype, batch, parallel, config)
+        else:
+            model, tokenizer = load_model(spec, device, budget.compute_dtype if budget else config.dtype,
+                                          quantization)
+            n_params = count_parameters(model)
+            lm = make_lm(model, tokenizer, batch, device)
+        if dp:
+            dp.attach(lm)
 
     base_id = None
     if spec.adapter_path:
@@ -508,6 +539,8 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
         run_config["budget"] = budget.to_dict()
     if cap:
         run_config["memory_cap"] = cap
+    if parallel is not None and not parallel.is_default:
+        run_config["parallel"] = {**parallel.to_dict(), "world_size": dp.world_size if dp else 1}
     run_id = records.create_run(
         store, model_id, hardware=config.hardware, config=run_config, versions=environment_versions(),
         seeds=seeds, generation_config={p.info.name: p.info.raw.get("generation_kwargs") for p in plans
@@ -527,8 +560,10 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
     gen_rates: list[float] = []
     prompt_rates: list[float] = []
     exceeded: list[str] = []
+    heartbeat = records.Heartbeat(store, run_id).start()  # a long task still shows the run alive
     try:
         task_manager = _task_manager(config, plans)
+        start_batch = getattr(lm, "batch_size_per_gpu", None)
         for index, plan in enumerate(plans, start=1):
             name = plan.info.name
             source = reusable.get(name)
@@ -543,6 +578,8 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
             progress("task_start", task=name, index=index, total=len(plans), n=plan.n_items)
             if budget and config.batch_size == "auto":
                 lm.batch_size_per_gpu = budget.batch_sizes[name]
+            elif start_batch is not None:  # an out-of-memory retry lowers the batch of its own task only
+                lm.batch_size_per_gpu = start_batch
             outcome = _evaluate_within_memory(lm, plan, config, chat, task_manager, device, progress)
             outcome.details["precision"] = quantization or dtype_name
             if budget:
@@ -564,9 +601,14 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
     except BaseException as exc:
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}"
-        records.finish_run(store, run_id, "failed", result.error, wall_s=time.perf_counter() - start,
-                           peak_mem_mb=peak or None)
+        try:
+            records.finish_run(store, run_id, "failed", result.error, wall_s=time.perf_counter() - start,
+                               peak_mem_mb=peak or None)
+        except SQLAlchemyError:
+            pass  # the store refuses writes (disk full, read-only): the next run marks this one failed as stale
         raise
+    finally:
+        heartbeat.stop()
     # A task that ran out of memory even at batch size 1 makes the whole run budget_exceeded (its other tasks keep
     # their scores and can be reused, but the ranking counts only runs that are done).
     result.status = "budget_exceeded" if exceeded else "done"
@@ -594,7 +636,7 @@ def _evaluate_within_memory(lm: Any, plan: TaskPlan, config: RunConfig, chat: bo
             outcome = evaluate_task(lm, plan, config, chat, task_manager, device)
             break
         except Exception as exc:  # noqa: BLE001 - anything but OOM is re-raised
-            if not is_out_of_memory(exc):
+            if not is_out_of_memory(exc) or not multigpu.retries_oom(lm):
                 raise
             message = str(exc).splitlines()[0][:200]
         # the exception (and the tensors its frames hold) is gone here, so the cache can really be emptied

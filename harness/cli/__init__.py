@@ -29,7 +29,7 @@ def quiet_libraries() -> None:
 
 
 def _register() -> None:
-    from harness.cli import catalog, comet, data, ensemble, hardware, leaderboard, results, run, translate  # noqa: F401  (each module adds its commands to `app`)
+    from harness.cli import catalog, comet, data, db, ensemble, finetune, hardware, leaderboard, results, run, translate  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:
@@ -43,7 +43,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except KobenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        from harness.redact import redact
+
+        # the message may quote the user's input: credentials are masked, brackets are not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)

@@ -25,6 +25,12 @@ HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware profile (
 DataOpt = Annotated[list[str] | None, typer.Option("--data", help="TASK=PATH: replace a task's test data")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 BatchOpt = Annotated[str, typer.Option("--batch-size", help="Batch size or 'auto'")]
+NumGpusOpt = Annotated[int, typer.Option("--num-gpus", help="Data parallel: one model copy per GPU, the items split "
+                                         "over them (runs `accelerate launch --num_processes N -m harness run ...`)")]
+ParallelizeOpt = Annotated[bool, typer.Option("--parallelize", help="Model parallel: split one model over all "
+                                              "visible GPUs (device_map=auto), for models one GPU cannot hold")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers) or vllm")]
+TensorParallelOpt = Annotated[int, typer.Option("--tensor-parallel", help="vLLM tensor-parallel size (GPUs)")]
 
 
 def build_config(model: str, adapter: str | None, tasks: str | None, suite: str | None, limit: int | None,
@@ -74,11 +80,11 @@ class RichProgress:
             self.progress.advance(self.bar)
 
 
-def execute(config: RunConfig, console: Console) -> Any:
+def execute(config: RunConfig, console: Console, parallel: Any = None) -> Any:
     from harness.runner import run as run_suite
 
     with RichProgress(console) as progress:
-        return run_suite(config, progress=progress)
+        return run_suite(config, progress=progress, parallel=parallel)
 
 
 @app.command()
@@ -97,23 +103,36 @@ def run(model: ModelOpt, adapter: AdapterOpt = None, tasks: TasksOpt = None, sui
                                               "full precision does not fit --hardware")] = "none",
         profiles: Annotated[list[str] | None, typer.Option("--profiles", help="YAML file of extra hardware "
                                                            "profiles (repeatable; or KOBENCH_PROFILES)")] = None,
+        num_gpus: NumGpusOpt = 1, parallelize: ParallelizeOpt = False, backend: BackendOpt = "hf",
+        tensor_parallel: TensorParallelOpt = 1,
         as_json: JsonOption = False) -> None:
     """Evaluate one model (or model + adapter) on tasks and store every result.
 
     Exit code 3 when the model does not fit --hardware (the run is stored with status budget_exceeded)."""
+    from harness import multigpu
     from harness.hardware import BUDGET_EXCEEDED_EXIT_CODE
 
     config = build_config(model, adapter, tasks, suite, limit, hardware, db, data, device, batch_size, force, online,
                           trust_remote_code, chat_template, num_fewshot, categories, seed, refined, quantize, profiles)
-    console = Console(stderr=as_json)
-    result = execute(config, console)
+    parallel = multigpu.ParallelConfig(num_gpus=num_gpus, parallelize=parallelize, backend=backend,
+                                       tensor_parallel=tensor_parallel)
+    if multigpu.needs_launch(parallel):  # rank 0 of the launched group prints the progress and the result
+        result = multigpu.launch_data_parallel(config, parallel, as_json)
+        if result.status == "budget_exceeded":
+            raise SystemExit(BUDGET_EXCEEDED_EXIT_CODE)
+        return
+    console = Console(stderr=as_json, quiet=not multigpu.is_main_process())
+    result = execute(config, console, parallel)
+    if result.status == "follower":  # a non-zero data-parallel rank: rank 0 reports for the group
+        return
+    multigpu.report_to_launcher(result)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         from harness.cli.results import print_scores
 
         print_scores(console, result)
-    if result.status == "budget_exceeded":
+    if result.status == "budget_exceeded" and not multigpu.launched_by_kobench():  # the launcher exits with it
         raise SystemExit(BUDGET_EXCEEDED_EXIT_CODE)  # typer.Exit's code would be lost (standalone_mode=False)
 
 
@@ -128,7 +147,8 @@ def load_candidates(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(c, dict) and "model" in c for c in data):
         raise KobenchError(f"--candidates {path}: expected a YAML list of mappings with a 'model' key, "
                            "e.g. '- model: gemma3-270m'")
-    allowed = {"model", "adapter", "batch_size", "device", "chat_template", "num_fewshot", "trust_remote_code"}
+    allowed = {"model", "adapter", "batch_size", "device", "chat_template", "num_fewshot", "trust_remote_code",
+               "gpus", "parallelize"}
     for i, cand in enumerate(data, start=1):
         unknown = set(cand) - allowed
         if unknown:
@@ -145,13 +165,21 @@ def screen(models: Annotated[str | None, typer.Option("--models", help="Comma-se
            device: DeviceOpt = "auto", batch_size: BatchOpt = "auto",
            force: Annotated[bool, typer.Option("--force")] = False,
            online: Annotated[bool, typer.Option("--online")] = False,
+           gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to spread the candidates over, e.g. 0,1,2,3 "
+                                                    "or all: one process per GPU, all writing to one store")] = None,
            as_json: JsonOption = False) -> None:
-    """Zero-shot screening: run every candidate on the same suite, then print their ranking."""
+    """Zero-shot screening: run every candidate on the same suite, then print their ranking.
+
+    A candidate may take several GPUs (`gpus: 2` in the candidates file: data parallel, or model parallel with
+    `parallelize: true`)."""
+    from harness import multigpu
+
     if bool(models) == bool(candidates):
         raise KobenchError("pass either --models M1,M2 or --candidates FILE.yaml")
     cands = [{"model": m} for m in split_csv(models)] if models else load_candidates(candidates)
+    gpu_list = multigpu.parse_gpus(gpus) if gpus else None
     console = Console(stderr=as_json)
-    configs = []
+    configs, parallels, needs = [], [], []
     for cand in cands:  # validate every candidate before running any
         config = build_config(cand["model"], cand.get("adapter"), tasks, suite, limit, hardware, db, data,
                               cand.get("device", device), str(cand.get("batch_size", batch_size)), force, online,
@@ -161,12 +189,60 @@ def screen(models: Annotated[str | None, typer.Option("--models", help="Comma-se
         from harness.models import resolve_model
 
         resolve_model(config.model, config.adapter, online=online, trust_remote_code=config.trust_remote_code)
+        parallel, need = candidate_parallel(cand)
         configs.append(config)
-    run_ids = set()
-    for i, config in enumerate(configs, start=1):
-        console.rule(f"[{i}/{len(configs)}] {config.model}")
-        run_ids.add(execute(config, console).run_id)
+        parallels.append(parallel.validate(config))
+        needs.append(need)
+    failed: list[Any] = []
+    if gpu_list:
+        jobs = multigpu.screen_on_gpus(configs, parallels, needs, gpu_list, on_event=_job_reporter(console))
+        run_ids = {job.result["run_id"] for job in jobs if job.ok}
+        failed = [job for job in jobs if not job.ok]
+    else:
+        run_ids = set()
+        for i, (config, parallel) in enumerate(zip(configs, parallels), start=1):
+            console.rule(f"[{i}/{len(configs)}] {config.model}")
+            if multigpu.needs_launch(parallel):
+                run_ids.add(multigpu.launch_data_parallel(config, parallel, as_json=True, echo_stdout=False).run_id)
+            else:
+                run_ids.add(execute(config, console, parallel).run_id)
     from harness.cli.results import show_ranking
 
     show_ranking(db, hardware if hardware != "unspecified" else None, as_json, console, only_runs=run_ids,
                  tasks=configs[0].tasks)
+    if failed:
+        logs = failed[0].log_dir.parent if failed[0].log_dir else "?"
+        raise KobenchError(f"{len(failed)} of {len(configs)} candidates failed: "
+                           f"{', '.join(job.label for job in failed)} (their output: {logs})")
+
+
+def candidate_parallel(cand: dict[str, Any]) -> tuple[Any, int]:
+    """A candidate's ParallelConfig and how many GPUs it takes: `gpus: K` runs data parallel over K GPUs, or
+    model parallel over them with `parallelize: true`."""
+    from harness.multigpu import ParallelConfig
+
+    need = cand.get("gpus", 1)
+    if not isinstance(need, int) or isinstance(need, bool) or need < 1:
+        raise KobenchError(f"candidate {cand['model']}: gpus: {need!r} must be a whole number of GPUs, 1 or more")
+    if cand.get("parallelize"):
+        return ParallelConfig(parallelize=True), need
+    return ParallelConfig(num_gpus=need), need
+
+
+def _job_reporter(console: Console) -> Any:
+    """Screening progress: one line as each candidate starts and ends on its GPU(s)."""
+    from harness import multigpu
+
+    def report(event: str, job: multigpu.GpuJob) -> None:
+        where = f"[gpu {','.join(job.gpus)}]"
+        if event == "started":
+            console.log(f"{where} {job.label}: started", highlight=False)
+        elif job.ok:
+            result = job.result or {}
+            console.log(f"{where} {job.label}: {result.get('status')}, run {result.get('run_id')} "
+                        f"in {job.ended - job.started:.1f}s", highlight=False)
+        else:
+            console.log(f"{where} {job.label}: failed (exit code {job.returncode})\n{multigpu.log_tail(job)}",
+                        highlight=False)
+
+    return report

@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from harness.errors import StoreError
@@ -22,6 +22,9 @@ from harness.store.schema import SCHEMA_VERSION, StoreMeta
 
 STORE_DIR = Path(__file__).resolve().parent
 BUSY_TIMEOUT_MS = 60_000
+# PostgreSQL advisory lock keys (any two bigints no other application of the database uses)
+PG_MIGRATION_LOCK = 724242
+PG_WRITE_LOCK = 724243
 
 
 def normalize_url(db: str | os.PathLike[str] | None) -> str:
@@ -33,17 +36,22 @@ def normalize_url(db: str | os.PathLike[str] | None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password hidden, for messages and logs."""
+    """The URL with any password hidden, for messages and logs (otherwise as the user wrote it)."""
+    from harness.redact import redact
+
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        return url
+        return redact(url)
+    return parsed.render_as_string(hide_password=True) if parsed.password else redact(url)
 
 
 def sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
+    if parsed.query.get("uri") == "true" and parsed.database.startswith("file:"):
+        return Path(parsed.database.removeprefix("file:"))  # sqlite:///file:PATH?mode=ro&uri=true
     return Path(parsed.database)
 
 
@@ -89,6 +97,8 @@ def _make_engine(url: str, readonly: bool) -> Engine:
             @event.listens_for(engine, "begin")
             def _read_only(conn) -> None:  # noqa: ANN001
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        elif engine.dialect.name == "postgresql":
+            _install_postgres_write_lock(engine)
         return engine
     except NoSuchModuleError as exc:
         raise StoreError(f"--db {redact_url(url)}: unknown database driver ({exc}). "
@@ -123,6 +133,21 @@ def _install_sqlite_pragmas(engine: Engine, readonly: bool) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _install_postgres_write_lock(engine: Engine) -> None:
+    """PostgreSQL's counterpart of SQLite's BEGIN IMMEDIATE: every transaction of a writing process first takes one
+    transaction-scoped advisory lock, so writers run one at a time and each sees what the previous one committed.
+    Without it two runs of one new model both find no model row under READ COMMITTED and both insert one
+    (a unique-key error). The store's transactions are short (one task's rows at most); like SQLite's busy
+    timeout, a writer gives up after BUSY_TIMEOUT_MS."""
+
+    @event.listens_for(engine, "begin")
+    def _one_writer_at_a_time(conn) -> None:  # noqa: ANN001
+        if conn.get_execution_options().get("kobench_no_write_lock"):
+            return
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {BUSY_TIMEOUT_MS}")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine, url: str) -> Iterator[None]:
     path = sqlite_path(url)
@@ -136,13 +161,16 @@ def _migration_lock(engine: Engine, url: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     if engine.dialect.name == "postgresql":
+        # a session-level lock on a connection of its own, which must not hold the write lock while it waits
+        # (the process that migrates takes the write lock for the migration itself: that would deadlock)
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(724242)"))
+            conn.execution_options(kobench_no_write_lock=True)
+            conn.execute(text(f"SELECT pg_advisory_lock({PG_MIGRATION_LOCK})"))
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(724242)"))
+                conn.execute(text(f"SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})"))
                 conn.commit()
         return
     yield
@@ -214,6 +242,23 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def write_error(self, exc: DBAPIError) -> StoreError:
+        """A write the database refused (disk full, file made read-only, lock held too long) as one clear line.
+        Each task is written in one transaction, so what was stored before stays whole."""
+        reason = (str(exc.orig) if exc.orig is not None else str(exc)).splitlines()[0]
+        lowered = reason.lower()
+        if "full" in lowered:
+            fix = "Free disk space (or pass --db on another disk), then run the same command again: finished tasks "
+            fix += "are reused"
+        elif any(word in lowered for word in ("readonly", "read-only", "permission", "i/o error")):
+            fix = "Make the database file and its -wal/-shm files writable (or pass another --db), then run the same "
+            fix += "command again: finished tasks are reused"
+        elif "locked" in lowered:
+            fix = "Another process held the store's write lock for over a minute; run again when it is done"
+        else:
+            fix = "Run `kobench db check` to verify the store, then the same command again"
+        return StoreError(f"--db {self.display_url}: cannot write the results store ({reason}). {fix}")
+
 
 def open_store(db: str | os.PathLike[str] | None = None, readonly: bool = False) -> Store:
     """Open (and create or migrate, unless read-only) the store at a path or SQLAlchemy URL."""
@@ -223,11 +268,17 @@ def open_store(db: str | os.PathLike[str] | None = None, readonly: bool = False)
         if readonly and not path.exists():
             raise StoreError(f"--db {path}: no such results store. Run `kobench run` first or pass another --db")
         if not readonly:
+            if make_url(url).query.get("mode") == "ro":
+                raise StoreError(f"--db {redact_url(url)}: opens the store read-only (mode=ro), but this command "
+                                 "writes to it. Pass the plain path (or drop mode=ro) to write")
             _check_writable_sqlite(path)
     engine = _make_engine(url, readonly)
     try:
         if readonly:
-            _check_schema(engine, url)
+            # a new PostgreSQL database exists before kobench ever wrote to it: empty is "no store yet"
+            if not _check_schema(engine, url) and not inspect(engine).get_table_names():
+                raise StoreError(f"--db {redact_url(url)}: no kobench results store there yet (the database is "
+                                 "empty). Run `kobench run --db ...` first or pass another --db")
         else:
             migrate(engine, url)
     except DatabaseError as exc:

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
+from harness.redact import redact, redact_value
 from harness.store.db import Store
 from harness.store.schema import Model, Run, Sample, Score, TaskResult, utcnow
 
-STALE_AFTER = timedelta(hours=6)
+HEARTBEAT_EVERY_S = 60.0
+# A run whose process is on another host is judged by its heartbeat alone: 15 missed beats mean it is gone.
+STALE_AFTER = timedelta(minutes=15)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class TaskOutcome:
 
 
 def get_or_create_model(store: Store, identity: str, **fields: Any) -> int:
+    fields = redact_value(fields)
     with store.session() as session, session.begin():
         row = session.scalar(select(Model).where(Model.identity_key == identity))
         if row is None:
@@ -52,6 +58,8 @@ def get_or_create_model(store: Store, identity: str, **fields: Any) -> int:
 
 
 def create_run(store: Store, model_id: int, **fields: Any) -> int:
+    """A new run in state 'running'. Its config, versions and other settings are stored with credentials redacted."""
+    fields = {k: v if k == "chat_template" else redact_value(v) for k, v in fields.items()}
     with store.session() as session, session.begin():
         run = Run(model_id=model_id, status="running", host=socket.gethostname(), pid=os.getpid(), **fields)
         session.add(run)
@@ -64,15 +72,46 @@ def heartbeat(store: Store, run_id: int) -> None:
         session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
 
 
+class Heartbeat:
+    """Updates runs.heartbeat_at every `every` seconds from a background thread while a run is in progress, so a
+    task that runs for hours still shows its run alive (and a run whose process died shows silent)."""
+
+    def __init__(self, store: Store, run_id: int, every: float | None = None) -> None:
+        self.store, self.run_id, self.every = store, run_id, every or HEARTBEAT_EVERY_S
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"kobench-heartbeat-{run_id}", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                heartbeat(self.store, self.run_id)
+            except SQLAlchemyError:
+                pass  # a full disk or a locked store: the task's own write reports it; the next beat tries again
+
+
 def write_task(store: Store, run_id: int, outcome: TaskOutcome) -> int:
     """Store a finished task (scores + samples) atomically: all of it or none of it."""
     with store.session() as session, session.begin():
         result = TaskResult(run_id=run_id, task=outcome.task, task_version=outcome.task_version,
                             data_hash=outcome.data_hash, fingerprint=outcome.fingerprint, status=outcome.status,
-                            error=outcome.error, n=outcome.n, wall_s=outcome.wall_s, peak_mem_mb=outcome.peak_mem_mb,
+                            error=redact(outcome.error) if outcome.error else None, n=outcome.n, wall_s=outcome.wall_s, peak_mem_mb=outcome.peak_mem_mb,
                             prompt_tokens=outcome.prompt_tokens, gen_tokens=outcome.gen_tokens,
                             prompt_tokens_per_s=outcome.prompt_tokens_per_s,
-                            gen_tokens_per_s=outcome.gen_tokens_per_s, details=outcome.details)
+                            gen_tokens_per_s=outcome.gen_tokens_per_s, details=redact_value(outcome.details))
         session.add(result)
         session.flush()
         session.add_all(Score(run_id=run_id, task_result_id=result.id, task=outcome.task, **s) for s in outcome.scores)
@@ -112,7 +151,7 @@ def finish_run(store: Store, run_id: int, status: str, error: str | None = None,
     with store.session() as session, session.begin():
         run = session.get(Run, run_id)
         run.status = status
-        run.error = error
+        run.error = redact(error) if error else None
         run.ended_at = utcnow()
         for key, value in fields.items():
             setattr(run, key, value)
@@ -124,7 +163,7 @@ def mark_stale_runs(store: Store) -> list[int]:
     stale = []
     with store.session() as session, session.begin():
         for run in session.scalars(select(Run).where(Run.status == "running")):
-            dead = run.host == host and run.pid and not _pid_alive(run.pid)
+            dead = run.host == host and run.pid and not _pid_alive(run.pid, run.started_at)
             silent = run.heartbeat_at and utcnow() - run.heartbeat_at > STALE_AFTER
             if dead or silent:
                 run.status = "failed"
@@ -135,15 +174,25 @@ def mark_stale_runs(store: Store) -> list[int]:
     return stale
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, started_at: datetime | None = None) -> bool:
+    """Whether the process that started a run (at `started_at`, UTC) still runs. A zombie (killed, not yet reaped)
+    is dead; a live process that started after the run did has only reused the pid."""
     if pid == os.getpid():
         return True
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = process.create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
+    if started_at is not None:
+        run_started = started_at.replace(tzinfo=timezone.utc).timestamp()
+        return created <= run_started + 1.0  # create_time has 10 ms ticks; the run row comes seconds after start
     return True
 
 
