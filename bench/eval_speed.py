@@ -23,7 +23,7 @@ path at stock's own batch size, so in stock's batch composition: equal there mea
 rounding of batched bf16 kernels, not from kobench's code. Writes $OUT/eval_speed.json and $OUT/eval_speed.log
 ($OUT defaults to ./bench_out).
 
-    python bench/eval_speed.py             # GPU: both models, 16 items a task, 48 new tokens; ~6-8 min on an H100
+    python bench/eval_speed.py             # GPU: both models, 16 items a task, 40 new tokens; about 7 minutes on an H100
     python bench/eval_speed.py --tiny      # a 2-layer config on the CPU, 2 items a task: checks the script runs
 
 Needs torch, transformers, tokenizers, lm-eval and kobench's own dependencies (harness, and the tasks' metrics:
@@ -200,6 +200,8 @@ def side_build(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     device = plan["device"]
+    if not model.get("build", True):  # an existing model (--pretrained): only the ceilings
+        return {"ceilings": measure_ceilings(device)}
     tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
     config = LlamaConfig(**model["shape"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
@@ -326,17 +328,25 @@ def side_stock(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     device = plan["device"]
     rec = Recorder(device).install()
     task_manager = TaskManager(include_path=plan["tasks_dir"])
+    chat = model_has_chat_template(model["dir"])  # kobench applies a model's chat template by default; so here
     with MemorySampler(device) as memory:
         began = time.perf_counter()
         results = simple_evaluate(
-            model="hf", model_args=f"pretrained={model['dir']},dtype={plan['dtype']}", batch_size="auto",
-            device=device, tasks=plan["tasks"], task_manager=task_manager, samples=plan["items"], log_samples=True,
+            model="hf", model_args=f"pretrained={model['dir']},dtype={plan['dtype']}",
+            batch_size=plan["stock_batch_size"], device=device, tasks=plan["tasks"], task_manager=task_manager,
+            samples=plan["items"], log_samples=True, apply_chat_template=chat,
             bootstrap_iters=plan["bootstrap_iters"], random_seed=SEED, numpy_random_seed=SEED,
             torch_random_seed=SEED, fewshot_random_seed=SEED, verbosity="ERROR")
         wall = time.perf_counter() - began
     scores = {task: {k: v for k, v in values.items() if "," in k and "_stderr" not in k and isinstance(v, float)}
               for task, values in results["results"].items()}
-    return {**rec.to_dict(), "wall_s": wall, "scores": scores, **_memory_figures(memory)}
+    return {**rec.to_dict(), "wall_s": wall, "scores": scores, "chat_template": chat, **_memory_figures(memory)}
+
+
+def model_has_chat_template(directory: str) -> bool:
+    from transformers import AutoTokenizer
+
+    return bool(getattr(AutoTokenizer.from_pretrained(directory), "chat_template", None))
 
 
 def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -358,10 +368,55 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     out = {**rec.to_dict(), "wall_s": wall, "eval_wall_s": result.wall_s, "status": result.status,
            "error": result.error, "scores": result.scores, "peak_allocated_mb": result.peak_mem_mb,
            "nvml_peak_used_mb": _memory_figures(memory).get("nvml_peak_used_mb"),
+           "peak_rss_mb": _memory_figures(memory).get("peak_rss_mb"),
            "budget_bytes": (result.budget or {}).get("budget_bytes"),
            "budget_batch_sizes": (result.budget or {}).get("batch_sizes")}
-    out["control"] = control_at_stock_batch(rec, plan, model)
+    try:
+        out["control"] = control_at_stock_batch(rec, plan, model)
+    except Exception as exc:  # noqa: BLE001 - the measured run above is worth keeping whatever the control does
+        out["control"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if device.startswith("cuda") and rec.buckets:
+        try:
+            out["kernel_time"] = kernel_time_per_step(rec.lm, max(rec.buckets, key=lambda b: b["batch"]), device)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic
+            out["kernel_time"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
+
+
+def kernel_time_per_step(lm: Any, bucket: dict[str, Any], device: str) -> dict[str, Any]:
+    """Where eager decoding's time goes, at the largest bucket's shape: GPU kernel time per decode step (the
+    profiler's sum of kernel times) beside wall time per step. Kernel time is what a CUDA-graph decode could
+    approach; wall minus kernel time is launch and Python overhead. Two generate calls of 4 and 20 new tokens on
+    random prompt tokens; their difference is 16 decode steps without the prefill."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    generator = torch.Generator(device="cpu").manual_seed(SEED)
+    ids = torch.randint(0, lm.model.config.vocab_size, (bucket["batch"], bucket["prompt_tokens"]),
+                        generator=generator).to(device)
+    mask = torch.ones_like(ids)
+
+    def generate(new: int) -> None:
+        lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+
+    generate(4)  # warm-up
+    wall, kernel = {}, {}
+    for new in (4, 20):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            sync(device)
+            began = time.perf_counter()
+            generate(new)
+            sync(device)
+            wall[new] = time.perf_counter() - began
+        # GPU-side events only (kernels, copies): a CPU op's device time would count its kernels a second time
+        kernel[new] = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
+    steps = 16
+    return {"batch": bucket["batch"], "prompt_tokens": bucket["prompt_tokens"],
+            "wall_ms_per_step": 1000 * (wall[20] - wall[4]) / steps,
+            "kernel_ms_per_step": 1000 * (kernel[20] - kernel[4]) / steps,
+            "note": "wall under the profiler; kernel = summed GPU kernel time"}
 
 
 def control_at_stock_batch(rec: Recorder, plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any] | None:
@@ -507,7 +562,8 @@ def summarize_model(name: str, build: dict[str, Any], stock: dict[str, Any], kob
                        "generated_tokens_per_s": tokens / gen_s if gen_s else None,
                        "generate_batches": sorted({c["batch"] for c in data["generate_calls"]}, reverse=True),
                        "peak_allocated_mb": data.get("peak_allocated_mb"),
-                       "nvml_peak_used_mb": data.get("nvml_peak_used_mb"), "wall_s": data["wall_s"]}
+                       "nvml_peak_used_mb": data.get("nvml_peak_used_mb"), "peak_rss_mb": data.get("peak_rss_mb"),
+                       "wall_s": data["wall_s"]}
     sides["stock"]["probes"] = stock["probes"]
     sides["stock"]["per_step"] = stock_step_floor(stock["generate_calls"], cost, bandwidth)
     sides["kobench"]["decode"] = decode_floor(kobench["buckets"], cost, bandwidth)
@@ -515,6 +571,14 @@ def summarize_model(name: str, build: dict[str, Any], stock: dict[str, Any], kob
     sides["kobench"]["budget_bytes"] = kobench.get("budget_bytes")
     sides["kobench"]["budget_batch_sizes"] = kobench.get("budget_batch_sizes")
     sides["kobench"]["status"] = kobench.get("status")
+    kernel = kobench.get("kernel_time") or {}
+    if "kernel_ms_per_step" in kernel:
+        bucket = {"batch": kernel["batch"], "prompt_tokens": kernel["prompt_tokens"], "new_tokens": 2 * 12}
+        step_floor = decode_floor([{**bucket, "decode_s": 0.0}], cost, bandwidth)["floor_ms_per_step"]
+        kernel["floor_ms_per_step"] = step_floor  # at the cache length of the profiled steps (P + 4 .. P + 20)
+        kernel["kernel_x_floor"] = kernel["kernel_ms_per_step"] / step_floor if step_floor else None
+        kernel["wall_x_floor"] = kernel["wall_ms_per_step"] / step_floor if step_floor else None
+    sides["kobench"]["kernel_time"] = kernel or None
     budget = kobench.get("budget_bytes")
     nvml = kobench.get("nvml_peak_used_mb")
     return {
@@ -549,13 +613,18 @@ def run_side(side: str, plan_path: Path, model_name: str, log: Path) -> dict[str
         proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
     print(f"  {side:8s} {time.perf_counter() - began:7.1f} s  (exit {proc.returncode})", flush=True)
     if proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise SystemExit(f"{model_name} {side} failed (exit {proc.returncode}); the log ends:\n{tail}")
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        print(tail, flush=True)
+        raise SideFailed(f"{model_name} {side} failed (exit {proc.returncode}): {tail[-600:]}")
     return json.loads(result_path.read_text(encoding="utf-8"))
 
 
+class SideFailed(Exception):
+    """One side of one model failed; the report keeps the error and the script goes on to the next model."""
+
+
 def print_table(report: dict[str, Any]) -> None:
-    print("\nmodel             side     gen s   tok/s  batches        ms/step  floor  x    loglik s  peak MiB (NVML)")
+    print("\nmodel             side     gen s   tok/s  batches        ms/step  floor  x    loglik s  peak MiB (NVML; CPU: RSS)")
     for m in report["models"]:
         for side in ("stock", "kobench"):
             s = m[side]
@@ -563,7 +632,8 @@ def print_table(report: dict[str, Any]) -> None:
             batches = ",".join(str(b) for b in s["generate_batches"][:4])
             print(f"{m['model']:17s} {side:8s} {s['generate_s']:6.1f} {s['generated_tokens_per_s'] or 0:7.1f}  "
                   f"{batches:13s} {step['ms_per_step'] or 0:7.2f} {step['floor_ms_per_step'] or 0:6.2f} "
-                  f"{step['x_floor'] or 0:4.1f} {s['loglikelihood_s']:8.1f}  {s['nvml_peak_used_mb'] or 0:9.0f}")
+                  f"{step['x_floor'] or 0:4.1f} {s['loglikelihood_s']:8.1f}  "
+                  f"{s['nvml_peak_used_mb'] or s['peak_rss_mb'] or 0:9.0f}")
         g, c = m["outputs"]["generation"], m["outputs"]["multiple_choice"]
         control = m.get("control") or {}
         print(f"  speed-up: generation {m['speedup']['generate'] or 0:.2f}x, log-likelihood "
@@ -571,17 +641,28 @@ def print_table(report: dict[str, Any]) -> None:
               f"choices same {c['same_choice']}/{c['docs']} (max |dLL| {c['max_abs_loglik_diff']:.3g}); control at "
               f"stock's batch {control.get('equal', '-')}/{control.get('compared', '-')}; within budget: "
               f"{m['within_budget']}; stock early stops {m['stock_early_stops']}")
+        kernel = m["kobench"].get("kernel_time") or {}
+        if "kernel_ms_per_step" in kernel:
+            print(f"  eager decode at batch {kernel['batch']} x {kernel['prompt_tokens']} tokens: wall "
+                  f"{kernel['wall_ms_per_step']:.2f} ms/step, GPU kernels {kernel['kernel_ms_per_step']:.2f} ms/step, "
+                  f"floor {kernel['floor_ms_per_step']:.2f} ms/step")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a 2-layer config on the CPU (or GPU), 2 items a task")
     parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--pretrained", default=None,
+                        help="an existing model instead of random ones: a kobench model name or a directory")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: every task)")
     parser.add_argument("--items", type=int, default=None, help="items per task (default 16; 2 with --tiny)")
-    parser.add_argument("--max-gen-toks", type=int, default=None, help="new tokens per item (default 48; 8 --tiny)")
+    parser.add_argument("--max-gen-toks", type=int, default=None,
+                        help="new tokens per item (default 40; 8 --tiny; 0 keeps each task's own)")
     parser.add_argument("--hardware", default=None,
                         help="kobench's profile (default rtx4090-24gb on a GPU; 'unspecified' for none)")
+    parser.add_argument("--stock-batch-size", default="auto",
+                        help="stock lm-eval's batch_size (default auto; on a CPU pass 1, lm-eval's own default: "
+                             "its auto probe runs full-context forwards)")
     parser.add_argument("--control-items", type=int, default=2, help="items per generation task in the control")
     parser.add_argument("--bootstrap-iters", type=int, default=1000, help="both sides (kobench's default)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -605,10 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     shapes = TINY_SHAPES if args.tiny else SHAPES
     names = args.models.split(",") if args.models else list(shapes)
     unknown = [n for n in names if n not in shapes]
-    if unknown:
+    if unknown and not args.pretrained:
         parser.error(f"--models {','.join(unknown)}: unknown; known: {', '.join(shapes)}")
     items = args.items or (2 if args.tiny else 16)
-    max_gen_toks = args.max_gen_toks or (8 if args.tiny else 48)
+    max_gen_toks = args.max_gen_toks if args.max_gen_toks is not None else (8 if args.tiny else 40)
     hardware = args.hardware or ("rtx4090-24gb" if device.startswith("cuda") and not args.tiny else "unspecified")
     out_dir = Path(os.environ.get("OUT", "bench_out"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -623,30 +704,46 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kobench-eval-speed-"))
     began = time.perf_counter()
     try:
-        prepare_tasks(source_tasks, work / "tasks", max_gen_toks, task_names)
+        if max_gen_toks:
+            prepare_tasks(source_tasks, work / "tasks", max_gen_toks, task_names)
+        else:
+            shutil.copytree(source_tasks, work / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
         os.environ["KOBENCH_TASKS_DIR"] = str(work / "tasks")  # the runner and the planner read the copy
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        texts = task_texts(source_tasks)
-        models = [{"name": n, "shape": shapes[n], "dir": str(work / n)} for n in names]
+        if args.pretrained:
+            models = [existing_model(args.pretrained)]
+        else:
+            models = [{"name": n, "shape": shapes[n], "dir": str(work / n), "build": True} for n in names]
         plan = {"work": str(work), "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32",
                 "tasks": task_names, "items_per_task": items, "items": plan_items(task_names, items),
                 "tasks_dir": str(work / "tasks"), "tokenizer_dir": str(work / "tokenizer"), "hardware": hardware,
-                "bootstrap_iters": args.bootstrap_iters, "control_items": args.control_items, "models": models}
+                "stock_batch_size": args.stock_batch_size, "bootstrap_iters": args.bootstrap_iters,
+                "control_items": args.control_items, "models": models}
+        plan_path = work / "plan.json"
+        plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
         report: dict[str, Any] = {"device": device, "hardware_profile": hardware, "items_per_task": items,
-                                  "max_gen_toks": max_gen_toks, "tasks": task_names, "models": [],
-                                  "versions": _versions()}
-        began_tok = time.perf_counter()
-        trained = train_tokenizer(texts, 1024 if args.tiny else 16000)
-        report["tokenizer"] = {"trained_entries": len(json.loads(trained)["model"]["vocab"]),
-                               "train_s": time.perf_counter() - began_tok}
+                                  "max_gen_toks": max_gen_toks or "each task's own", "tasks": task_names,
+                                  "stock_batch_size": args.stock_batch_size, "models": [], "failed": [],
+                                  "versions": _versions(), "command": " ".join(sys.argv)}
+        if not args.pretrained:
+            began_tok = time.perf_counter()
+            trained = train_tokenizer(task_texts(source_tasks), 1024 if args.tiny else 16000)
+            report["tokenizer"] = {"trained_entries": len(json.loads(trained)["model"]["vocab"]),
+                                   "train_s": time.perf_counter() - began_tok}
         for model in models:
-            save_padded_tokenizer(trained, model["shape"]["vocab_size"], work / "tokenizer")
-            plan_path = work / "plan.json"
-            plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
             print(f"{model['name']}:", flush=True)
-            build = run_side("build", plan_path, model["name"], log)
-            stock = run_side("stock", plan_path, model["name"], log)
-            kobench = run_side("kobench", plan_path, model["name"], log)
+            try:
+                if model.get("build"):
+                    save_padded_tokenizer(trained, model["shape"]["vocab_size"], work / "tokenizer")
+                build = run_side("build", plan_path, model["name"], log)
+                stock = run_side("stock", plan_path, model["name"], log)
+                kobench = run_side("kobench", plan_path, model["name"], log)
+            except SideFailed as exc:
+                report["failed"].append(str(exc))
+                continue
+            finally:
+                if model.get("build"):
+                    shutil.rmtree(model["dir"], ignore_errors=True)  # the weights: up to 16 GB of disk
             summary = summarize_model(model["name"], build, stock, kobench, model["shape"],
                                       2 if plan["dtype"] == "bfloat16" else 4)
             summary["build"] = build
@@ -654,12 +751,28 @@ def main(argv: list[str] | None = None) -> int:
             report["wall_s"] = time.perf_counter() - began
             (out_dir / "eval_speed.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str),
                                                      encoding="utf-8")
-            shutil.rmtree(model["dir"], ignore_errors=True)  # the weights: up to 16 GB of disk
+        report["wall_s"] = time.perf_counter() - began
+        (out_dir / "eval_speed.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str),
+                                                 encoding="utf-8")
         print_table(report)
+        for failure in report["failed"]:
+            print(f"FAILED: {failure}")
         print(f"\nwrote {out_dir / 'eval_speed.json'} in {time.perf_counter() - began:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if report["failed"] else 0
+
+
+def existing_model(name: str) -> dict[str, Any]:
+    """--pretrained: a kobench model name (an embedded model is converted once, as `kobench run` does) or a
+    directory; its config.json gives the shape for the floor arithmetic."""
+    from harness.models import EMBEDDED_MODELS, convert_embedded, resolve_model
+
+    spec = resolve_model(name)
+    if spec.details.get("embedded") and not spec.load_path:
+        spec.load_path = str(convert_embedded(EMBEDDED_MODELS[spec.name]))
+    shape = json.loads((Path(spec.load_path) / "config.json").read_text(encoding="utf-8"))
+    return {"name": Path(name).name, "shape": shape, "dir": spec.load_path, "build": False}
 
 
 def _versions() -> dict[str, str]:

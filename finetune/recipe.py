@@ -68,6 +68,8 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     data = build_sft_data(config.tasks, config.data, config.seed, config.max_examples)
     output = prepare_output_dir(config, base)
     progress("status", text=f"fine-tuning {base.argument} ({config.method}, preset {config.preset}) into {output}")
+    if (checkpoint := resumable_checkpoint(output)) is not None:
+        progress("status", text=f"resuming the interrupted fine-tune from {checkpoint.name}")
 
     tokenizer = load_tokenizer(base.spec, config, progress)
     template_source = ensure_chat_template(tokenizer)
@@ -167,10 +169,20 @@ def prepare_output_dir(config: FinetuneConfig, base: BaseModel) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path("adapters") / _slug(f"{Path(base.argument).name}-{what}-{config.method}-{stamp}")
     if output.exists() and any(output.iterdir()):
+        if resumable_checkpoint(output) is not None and not (output / ADAPTER_META_FILE).exists():
+            return output.resolve()  # an interrupted fine-tune (no adapter saved yet): train() resumes it
         raise KobenchError(f"--output {output}: exists and is not empty; pass a new directory (an adapter is never "
                            "written over another)")
     output.mkdir(parents=True, exist_ok=True)
     return output.resolve()
+
+
+def resumable_checkpoint(output: Path) -> Path | None:
+    """The newest complete trainer checkpoint under output/checkpoints (the trainer writes trainer_state.json last,
+    so a checkpoint cut short by a crash has none)."""
+    complete = [p for p in (output / "checkpoints").glob("checkpoint-*")
+                if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").exists()]
+    return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
 
 
 def _slug(text: str) -> str:
@@ -361,11 +373,19 @@ class LossLog(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.started = time.perf_counter()
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow(LOSS_LOG_COLUMNS)
+        if not path.exists():  # a resumed fine-tune keeps the log written before the interruption
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerow(LOSS_LOG_COLUMNS)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
+        # resumed at a checkpoint: the steps logged after it run again, so their rows go
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+        with open(self.path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(LOSS_LOG_COLUMNS)
+            writer.writerows(row for row in rows if row and int(row[0]) <= state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
@@ -408,7 +428,8 @@ def train(trainer: Any, device: str) -> dict[str, Any]:
 
     start = time.perf_counter()
     with MemorySampler(device) as memory:
-        outcome = trainer.train()
+        checkpoint = resumable_checkpoint(Path(trainer.args.output_dir).parent)
+        outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - start
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]

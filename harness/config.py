@@ -31,7 +31,7 @@ class RunConfig:
     limit: int | None = None
     hardware: str = "unspecified"
     quantize: str = "none"
-    profiles: list[str] = field(default_factory=list)  # user hardware-profile files (--profiles), besides KOBENCH_PROFILES
+    profiles: list[str] = field(default_factory=list)  # hardware-profile files (--profiles), besides KOBENCH_PROFILES
     db: str | None = None
     data: dict[str, str] = field(default_factory=dict)
     categories: list[str] = field(default_factory=list)
@@ -52,7 +52,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every flag that can be checked without loading a model; raise KobenchError on the first problem."""
-        from harness.tasks import discover_tasks, get_task
+        from harness.tasks import check_metrics, discover_tasks, get_task
 
         if self.limit is not None and self.limit < 1:
             raise KobenchError(f"--limit {self.limit}: must be a positive number of items per task (or omit it)")
@@ -93,7 +93,7 @@ class RunConfig:
             if not self.tasks:
                 raise KobenchError("no tasks found under tasks/: check KOBENCH_TASKS_DIR")
         for name in self.tasks:
-            get_task(name)
+            check_metrics(get_task(name))
         for name, path in self.data.items():
             info = get_task(name)
             if name not in self.tasks:

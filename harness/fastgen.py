@@ -103,6 +103,10 @@ def generate_until(lm: Any, requests: list[Any], disable_tqdm: bool = False,
     as on a CPU, where the bucket size is lm's batch size)."""
     from tqdm import tqdm
 
+    if lm.backend != "causal":  # encoder-decoder models keep lm-eval's own path
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM.generate_until(lm, requests, disable_tqdm=disable_tqdm), []
     if free_bytes is None:
         device = str(lm.device)
         free_bytes = (lambda: free_cuda_bytes(device)) if device.startswith("cuda") else (lambda: None)
@@ -155,7 +159,7 @@ def _bucket_size(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any], cost:
     if free is None:
         return min(ceiling, len(contexts))
     max_gen_toks = _max_gen_toks(lm, gen_kwargs)
-    prompt = min(len(lm.tok_encode(contexts[0])), lm.max_length - max_gen_toks)
+    prompt = max(1, min(len(lm.tok_encode(contexts[0])), lm.max_length - max_gen_toks))
     return min(len(contexts), batch_size_for(free, cost, prompt, max_gen_toks, ceiling))
 
 
@@ -174,6 +178,9 @@ def _generate_bucket(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any]) -
     until = handle_stop_sequences(kwargs.pop("until", None), eos=lm.tok_decode(lm.eot_token_id,
                                                                                  skip_special_tokens=False))
     max_gen_toks = kwargs.pop("max_gen_toks")
+    if lm.max_length - max_gen_toks <= 0:
+        raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for the prompt in the model's maximum "
+                         f"length {lm.max_length}; lower max_gen_toks")
     context_enc, attn_masks = lm.tok_batch_encode(contexts, left_truncate_len=lm.max_length - max_gen_toks,
                                                   truncation=lm.truncation)
     context_enc, attn_masks = context_enc.to(lm.device), attn_masks.to(lm.device)

@@ -54,7 +54,6 @@ MAX_AUTO_BATCH = {"gpu": 64, "cpu": 8}
 # 8-bit absmax per 64-weight block and, with double quantization, one fp32 scale per 256 absmax values.
 QUANTIZED_BYTES = {"int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
 FULL_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,8 +122,8 @@ def parse_profiles(path: Path | str, data: Any) -> list[HardwareProfile]:
             raise _profile_error(path, f"{key}.{wrong_key}", f"not used by a {kind} profile",
                                  f"write the budget as {memory_key}")
         if memory_key not in spec:
-            raise _profile_error(path, f"{key}.{memory_key}", "missing",
-                                 f"add {memory_key}: <GiB>" + (" (or auto for this machine's RAM)" if kind == "cpu" else ""))
+            also = " (or auto for this machine's RAM)" if kind == "cpu" else ""
+            raise _profile_error(path, f"{key}.{memory_key}", "missing", f"add {memory_key}: <GiB>{also}")
         memory = spec[memory_key]
         if kind == "cpu" and memory == "auto":
             import psutil

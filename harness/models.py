@@ -119,6 +119,21 @@ def weights_fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def check_weight_files(directory: Path, label: str) -> None:
+    """A safetensors file cut short (an interrupted download or copy) fails here, before anything is stored, rather
+    than with a traceback from deep inside transformers. Reads each file's header only."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise KobenchError(f"{label}: weight file {path.name} is damaged ({str(exc).splitlines()[0]}); it "
+                               "was probably cut short by an interrupted download or copy. Download or copy it "
+                               "again") from None
+
+
 def convert_embedded(model: EmbeddedModel, progress: Any = None) -> Path:
     """Dequantize the embedded GGUF once into a safetensors + tokenizer directory in the kobench cache."""
     import torch
@@ -200,6 +215,7 @@ def resolve_model(name: str, adapter: str | None = None, *, online: bool = False
             raise KobenchError(f"--model {name}: directory has no config.json, so it is not a Hugging Face model "
                                "directory. Pass a folder written by save_pretrained, a Hugging Face id or an alias "
                                f"({', '.join(EMBEDDED_MODELS)})")
+        check_weight_files(path, f"--model {name}")
         spec = ModelSpec(name=path.name, source=f"local:{path}", load_path=str(path),
                          weights_hash=weights_fingerprint(path))
     elif HF_ID.match(name):
@@ -210,6 +226,7 @@ def resolve_model(name: str, adapter: str | None = None, *, online: bool = False
         spec = ModelSpec(name=name, source=f"hf:{name}", load_path=name, revision=revision)
         if snapshot is not None:
             spec.revision = snapshot.name  # the snapshot folder is the commit hash
+            check_weight_files(snapshot, f"--model {name}")
             spec.weights_hash = weights_fingerprint(snapshot)
             spec.load_path = str(snapshot)
     else:
@@ -243,6 +260,7 @@ def _attach_adapter(spec: ModelSpec, adapter: str) -> None:
     if not base_hash and recorded_base and not _same_base(recorded_base, spec):
         raise KobenchError(f"--adapter {adapter}: its adapter_config.json names base '{recorded_base}', not "
                            f"--model {spec.name}. Pass --model {recorded_base}")
+    check_weight_files(path, f"--adapter {adapter}")
     spec.adapter_path = str(path.resolve())
     spec.adapter_hash = weights_fingerprint(path)
     spec.adapter_base = recorded_base or None

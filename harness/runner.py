@@ -483,6 +483,10 @@ def _load_tokenizer(spec: ModelSpec, progress: Progress) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise KobenchError(f"--model {spec.name}: {source} needs custom code from its repository (auto_map in "
+                               "its config), which kobench never runs unasked. Read that code, then pass "
+                               "--trust-remote-code if you trust it") from None
         raise KobenchError(f"--model {spec.name}: cannot load its tokenizer from {source} "
                            f"({str(exc).splitlines()[0][:200]})") from None
 

@@ -130,3 +130,28 @@ def data_hash(paths: list[Path]) -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def check_metrics(info: TaskInfo) -> TaskInfo:
+    """Refuse a task whose metrics lm-eval cannot compute or whose main metric it does not produce: lm-eval would
+    otherwise run the whole task and store no score for it, or a ranking column that is always empty."""
+    import lm_eval.api.metrics  # noqa: F401  (fills lm-eval's metric and aggregation registries)
+    from lm_eval.api.registry import AGGREGATION_REGISTRY, METRIC_REGISTRY
+
+    where = f"task file {info.yaml_path}"
+    for entry in info.raw.get("metric_list") or []:
+        name, aggregation = entry.get("metric"), entry.get("aggregation")
+        # with process_results, the task's utils.py computes every metric itself
+        if not info.raw.get("process_results") and name not in METRIC_REGISTRY and not entry.get("hf_evaluate"):
+            near = difflib.get_close_matches(str(name), list(METRIC_REGISTRY), n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise KobenchError(f"{where}: metric '{name}' is not an lm-eval metric.{hint} Fix metric_list, or compute "
+                               "it in the task's utils.process_results")
+        if isinstance(aggregation, str) and not aggregation.startswith("!function") \
+                and aggregation not in AGGREGATION_REGISTRY:
+            raise KobenchError(f"{where}: metric '{name}' has unknown aggregation '{aggregation}'. Use one of "
+                               f"{', '.join(sorted(AGGREGATION_REGISTRY))} or !function utils.NAME")
+    if info.metrics and info.main_metric.partition(",")[0] not in info.metrics:
+        raise KobenchError(f"{where}: main_metric '{info.main_metric}' is not one of its metrics "
+                           f"({', '.join(info.metrics)}). Fix metadata.kobench.main_metric")
+    return info

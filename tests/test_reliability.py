@@ -161,7 +161,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 def fill_disk(directory: Path) -> Path:
     filler = directory / "filler"
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
@@ -503,6 +503,29 @@ def test_no_credentials_in_the_store_file(tiny_model: Path, fixture_tasks: Path,
         assert secret.encode() not in stored
 
 
+def test_no_database_password_in_a_postgresql_store(pg_server, tiny_model: Path,  # noqa: ANN001
+                                                    fixture_tasks: Path) -> None:
+    from tests.pg import PASSWORD, PASSWORD_ROLE
+
+    name = pg_server.create_database()
+    pg_server.execute(f'ALTER DATABASE "{name}" OWNER TO {PASSWORD_ROLE}')
+    url = pg_server.url(name, user=PASSWORD_ROLE, password=PASSWORD)
+    try:
+        result = run(RunConfig(model=str(tiny_model), tasks=["ko_fixture_mc"], db=url, device="cpu", limit=2))
+        store = open_store(url, readonly=True)
+        with store.session() as session:
+            config = session.get(Run, result.run_id).config
+            # every row of every table, as text
+            dumped = "".join(str(row) for table in ("models", "runs", "task_results", "scores", "samples",
+                                                      "kobench_meta")
+                             for row in session.execute(text(f"SELECT * FROM {table}")))
+        store.dispose()
+    finally:
+        pg_server.drop_database(name)
+    assert config["db"] == url.replace(PASSWORD, "***")
+    assert PASSWORD not in dumped and "tiny-llama" in dumped
+
+
 def test_credentials_in_error_output_are_masked(tmp_path: Path) -> None:
     proc = kobench("run", "--model", "https://kb:S3cretPw@models.example/tiny", "--tasks", "ko_fixture_mc",
                    "--db", str(tmp_path / "r.db"), env={**FIXTURE_ENV, "HF_TOKEN": "hf_EnvTokenKobench012345"})
@@ -541,3 +564,33 @@ def test_injection_like_strings_are_stored_verbatim(tiny_model: Path, fixture_ta
     shown = last_json_line(kobench("show", "--json", "--db", str(db), env=FIXTURE_ENV, check=True).stdout)
     assert shown[0]["model"] == HOSTILE[1]
     assert check_store(db).ok
+
+
+# ---- kill -9 during `kobench finetune` ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_killed_finetune_resumes_from_its_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    import csv
+
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"질문 {i}: 대한민국의 수도는?,서울 {i}\n" for i in range(12)),
+                    encoding="utf-8")
+    output = tmp_path / "adapter"
+    args = ["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(output), "--preset", "fast",
+            "--max-steps", "12", "--eval-steps", "2", "--max-length", "64", "--device", "cpu", "--no-eval"]
+    checkpoints = output / "checkpoints"
+    proc = start_kobench(args, tmp_path / "logs", {})
+    wait_until(lambda: (checkpoints / "checkpoint-4" / "trainer_state.json").exists(), proc, timeout=400)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (output / "kobench_adapter.json").exists()
+    done_before = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
+                      if (p / "trainer_state.json").exists())
+
+    again = kobench(*args, check=True)
+    assert f"resuming the interrupted fine-tune from checkpoint-{done_before}" in again.stdout + again.stderr
+    meta = json.loads((output / "kobench_adapter.json").read_text())
+    assert meta["training"]["steps"] == 12
+    with open(output / "loss_log.csv", encoding="utf-8") as handle:
+        train_steps = [int(row["step"]) for row in csv.DictReader(handle) if row["train_loss"]]
+    assert train_steps == list(range(1, 13))  # every step's loss once: steps past the checkpoint were not kept twice

@@ -41,7 +41,8 @@ def ranking_table(rows: list[Any]) -> Table:
     for r in rows:
         name = r.model + (f"  [dim](base {r.base_model})[/]" if r.base_model else "")
         cells = [f"{r.scores[t]:.1f}" if r.scores.get(t) is not None else "-" for t in tasks]
-        table.add_row(str(r.rank), name, r.hardware, precision_label(r.dtype, r.quantization), *cells, "-" if r.average is None else f"{r.average:.1f}",
+        table.add_row(str(r.rank), name, r.hardware, precision_label(r.dtype, r.quantization), *cells,
+                      "-" if r.average is None else f"{r.average:.1f}",
                       str(r.n_tasks), _human(r.n_params), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
                       "-" if r.gen_tokens_per_s is None else f"{r.gen_tokens_per_s:.1f}")
     return table

@@ -236,13 +236,13 @@ def _job_reporter(console: Console) -> Any:
     def report(event: str, job: multigpu.GpuJob) -> None:
         where = f"[gpu {','.join(job.gpus)}]"
         if event == "started":
-            console.log(f"{where} {job.label}: started", highlight=False)
+            console.log(f"{where} {job.label}: started", highlight=False, markup=False)
         elif job.ok:
             result = job.result or {}
             console.log(f"{where} {job.label}: {result.get('status')}, run {result.get('run_id')} "
-                        f"in {job.ended - job.started:.1f}s", highlight=False)
+                        f"in {job.ended - job.started:.1f}s", highlight=False, markup=False)
         else:
             console.log(f"{where} {job.label}: failed (exit code {job.returncode})\n{multigpu.log_tail(job)}",
-                        highlight=False)
+                        highlight=False, markup=False)
 
     return report
