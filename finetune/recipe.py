@@ -27,6 +27,7 @@ from finetune.data import SFTData, build_sft_data, fit_to_template
 from finetune.template import ensure_chat_template
 from harness.errors import KobenchError
 from harness.models import ADAPTER_META_FILE, ModelSpec, resolve_model
+from harness.redact import redact_value
 
 Progress = Callable[..., None]
 PAD_TOKEN = "<|kobench_pad|>"
@@ -482,7 +483,7 @@ def save_adapter(trainer: Any, tokenizer: Any, base: BaseModel, data: SFTData, c
         "base": {"name": spec.name, "argument": base.argument, "source": spec.source, "revision": spec.revision,
                  "weights_hash": spec.weights_hash},
         "picked_by": base.picked_by,
-        "config": config.to_dict(),
+        "config": redact_value(config.to_dict()),  # a PostgreSQL --db URL may carry a password
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": "all-linear", "quantized_base": "nf4-double-quant" if config.method == "qlora"
                  else None},

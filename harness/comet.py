@@ -108,7 +108,7 @@ class CometResult:
         return asdict(self)
 
 
-def _triples(store: Any, run_id: int) -> tuple[int, list[Any]]:
+def _stored_samples(store: Any, run_id: int) -> tuple[int, list[Any]]:
     """(task_result id of the run's ko_md_translation, its stored samples) — samples of a reused result included."""
     from sqlalchemy import select
 
@@ -133,20 +133,43 @@ def _triples(store: Any, run_id: int) -> tuple[int, list[Any]]:
     return result.id, list(samples)
 
 
+def _sources(store: Any, run_id: int, samples: list[Any]) -> list[str]:
+    """Each sample's source: from the ### frame of its stored prompt, else (a chat prompt holds the bare source
+    inside the model's template) from the run's data file by item id, checked against the stored reference."""
+    from harness.store.schema import Run
+    from harness.taskdata.md_translation import read_md_translation, source_from_prompt
+    from harness.tasks import get_task
+
+    sources = [source_from_prompt(s.prompt) for s in samples]
+    if all(source is not None for source in sources):
+        return sources
+    with store.session() as session:
+        run = session.get(Run, run_id)
+        override = (run.config or {}).get("data", {}).get(TASK)
+    info = get_task(TASK)
+    path = Path(override) if override else info.split_path(info.eval_split)
+    docs = {d["id"]: d for d in read_md_translation(path)} if path and path.exists() else {}
+    for i, sample in enumerate(samples):
+        if sources[i] is not None:
+            continue
+        doc = docs.get(sample.item_id or "")
+        if doc is None or doc["reference"] != sample.target:
+            raise KobenchError(f"--run {run_id}: the source of item {sample.item_id or sample.doc_id} is neither in "
+                               f"its stored prompt nor unchanged in {path}, so COMET has no source to score against")
+        sources[i] = doc["source"]
+    return sources
+
+
 def score_run(store: Any, run_id: int, model: str = DEFAULT_MODEL, venv: Path | None = None, batch_size: int = 8,
               gpus: int = 0) -> CometResult:
     """Score a stored ko_md_translation run with COMET and store it, or return why it was not computed."""
-    from harness.taskdata.md_translation import clean_translation, source_from_prompt
+    from harness.taskdata.md_translation import clean_translation
 
     venv = venv or comet_venv()
-    task_result_id, samples = _triples(store, run_id)
-    request_samples = []
-    for sample in samples:
-        source = source_from_prompt(sample.prompt)
-        if source is None:
-            raise KobenchError(f"--run {run_id}: sample {sample.item_id or sample.doc_id} has no '### Korean' "
-                               f"source in its stored prompt, so COMET has no source to score against")
-        request_samples.append({"src": source, "mt": clean_translation(sample.output), "ref": sample.target})
+    task_result_id, samples = _stored_samples(store, run_id)
+    sources = _sources(store, run_id, samples)
+    request_samples = [{"src": source, "mt": clean_translation(sample.output), "ref": sample.target}
+                       for source, sample in zip(sources, samples)]
     result = CometResult(run_id=run_id, task=TASK, model=model, status="not_computed", n=len(samples))
     problem = venv_problem(venv)
     if problem:

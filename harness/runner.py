@@ -378,7 +378,35 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
         gen_tokens_per_s=c["gen_tokens"] / c["gen_s"] if c["gen_s"] else None,
         details={"chat_template": chat, "indices": plan.indices,
                  "generation_kwargs": plan.info.raw.get("generation_kwargs"),
-                 "batch_size": getattr(lm, "batch_size_per_gpu", None), **memory.figures()})
+                 "batch_size": getattr(lm, "batch_size_per_gpu", None), **memory.figures(),
+                 **_truncation(lm, plan.info, results["samples"][name])})
+
+
+def _truncation(lm: Any, task: TaskInfo, logged: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"truncated": ...} when some prompts do not fit the model's context. lm-eval then cuts them from the left (for
+    every model alike) and the model answers what is left: recorded, not refused, because a context limit belongs to
+    the model, not to the data."""
+    limit = getattr(lm, "max_length", None)
+    if not limit or not logged:
+        return {}
+    items: dict[int, str] = {}
+    longest = 0
+    for sample in logged:
+        requests = sample.get("arguments") or []
+        if task.output_type == "generate_until":
+            context, kwargs = requests[0][0], requests[0][1] if len(requests[0]) > 1 else {}
+            need = len(lm.tok_encode(context)) + int((kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
+        else:  # loglikelihood: context + continuation, the longest choice
+            need = max((len(lm.tok_encode(r[0] + r[1])) for r in requests if len(r) > 1), default=0)
+        longest = max(longest, need)
+        if need > limit:
+            doc = sample.get("doc") or {}
+            items[int(sample["doc_id"])] = str(doc.get("id") or doc.get("fname") or sample["doc_id"])
+    if not items:
+        return {}
+    return {"truncated": {"count": len(items), "items": [items[k] for k in sorted(items)][:20], "context": limit,
+                          "longest_tokens": longest,
+                          "note": "prompt + answer longer than the model's context: lm-eval kept the end of the prompt"}}
 
 
 def _chat_enabled(config: RunConfig, tokenizer: Any) -> bool:
@@ -590,6 +618,10 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
                 outcome.details["hardware"] = budget.profile.name
                 outcome.details["estimate"] = budget.estimates[name].to_dict()
             records.write_task(store, run_id, outcome)
+            if cut := outcome.details.get("truncated"):
+                progress("status", text=f"warning: {name}: {cut['count']} of {outcome.n} prompts (e.g. item "
+                                        f"{cut['items'][0]}) exceed the model's {cut['context']}-token context; lm-eval "
+                                        "cut them from the left (recorded in the task details)")
             peak = max(peak, outcome.peak_mem_mb or 0.0)
             if outcome.gen_tokens_per_s:
                 gen_rates.append(outcome.gen_tokens_per_s)

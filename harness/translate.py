@@ -120,7 +120,7 @@ class Translator:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def prompt(self, source: str) -> str:
-        body = prompt_text({"source": source})
+        body = prompt_text({"source": source}, chat=self.chat)
         if not self.chat:
             return f"{self.system}\n\n{body}"
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": body}]

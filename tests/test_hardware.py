@@ -360,3 +360,22 @@ def test_out_of_memory_halves_the_batch_then_ends_the_task_as_budget_exceeded(
         assert mc.details["hardware"] == "cpu" and mc.details["estimate"]["batch_size"] == 2
         assert mc.details["peak_rss_mb"] > 0 and mc.wall_s > 0 and mc.prompt_tokens_per_s > 0
     store.dispose()
+
+
+def test_bench_script_runs_on_tiny_configs(tmp_path: Path) -> None:
+    """bench/hardware_budget.py (a GPU script) in its --tiny CPU mode: builds, quantizes, generates, scores, writes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run([sys.executable, "bench/hardware_budget.py", "--tiny", "--device", "cpu"], cwd=REPO,
+                          env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "hardware_budget.json").read_text())
+    # 2 tiny configs x 2 profiles x 3 precisions (full, int8, nf4) x 2 workloads, all estimated to fit and run
+    assert len(report["scenarios"]) == 24
+    assert all(s["fits"] and s["error"] is None for s in report["scenarios"])
+    generated = [s["measured"]["generated_tokens"] for s in report["scenarios"] if s["workload"] == "generate"]
+    assert generated == [4 * 8] * 12  # batch 4 (--tiny's largest) x 8 new tokens each

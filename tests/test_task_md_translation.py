@@ -205,6 +205,18 @@ def test_process_results_per_document() -> None:
     assert out["korean_ratio"] == 0.0
 
 
+def test_loader_gives_chat_models_the_bare_source_and_others_the_frame() -> None:
+    load = _utils().load
+    docs = read_md_translation(DATA / "test.jsonl")
+    chat = load(kobench_chat=True)["test"]
+    plain = load(kobench_chat=False)["test"]
+    unknown = load()["test"]  # plain `lm_eval --include_path tasks`: no kobench metadata
+    assert [d["prompt"] for d in chat] == [d["source"] for d in docs]
+    assert [d["prompt"] for d in plain] == [f"### Korean\n{d['source']}\n\n### English\n" for d in docs]
+    assert [d["prompt"] for d in unknown] == [d["prompt"] for d in plain]
+    assert len(load()["train"]) == 150 and len(load()["dev"]) == 20
+
+
 # --- data CLI -----------------------------------------------------------------------------------------------------
 
 
@@ -315,6 +327,29 @@ def test_shipped_task_runs_unchanged_on_the_tiny_model(tiny_model: Path, tmp_pat
                            device="cpu"))
     assert result.status == "done" and result.n["ko_md_translation"] == 2
     assert set(result.scores["ko_md_translation"]) >= {"chrf", "bleu", "chrf_sentence", "md_preservation"}
+
+
+def test_comet_finds_sources_in_prompts_or_the_data_file(md_run: tuple[Path, int]) -> None:
+    from types import SimpleNamespace
+
+    from harness.comet import _sources
+    from harness.errors import KobenchError
+
+    db, run_id = md_run
+    docs = read_md_translation(DATA / "test.jsonl")
+    framed = SimpleNamespace(prompt=f"Translate.\n\n### Korean\n{docs[0]['source']}\n\n### English\n",
+                             item_id="whatever", doc_id=0, target="")
+    # a chat prompt: the bare source inside a template, recovered from the data file by id
+    chat = SimpleNamespace(prompt=f"<|user|>{docs[5]['source']}<|assistant|>", item_id=docs[5]["id"], doc_id=5,
+                           target=docs[5]["reference"])
+    store = open_store(db, readonly=True)
+    try:
+        assert _sources(store, run_id, [framed, chat]) == [docs[0]["source"], docs[5]["source"]]
+        changed = SimpleNamespace(**{**vars(chat), "target": "an older reference"})
+        with pytest.raises(KobenchError, match="neither in its stored prompt nor unchanged"):
+            _sources(store, run_id, [changed])
+    finally:
+        store.dispose()
 
 
 def test_comet_not_computed_without_its_environment(md_run: tuple[Path, int], tmp_path: Path) -> None:

@@ -74,10 +74,10 @@ def test_prompts_match_the_task_frame(tiny_model: Path) -> None:
     assert plain.prompt("# 제목") == "Translate.\n\n### Korean\n# 제목\n\n### English\n"
     tokenizer.chat_template = CHAT
     chat = Translator(None, tokenizer, "cpu", system="Translate.")
-    assert chat.prompt("# 제목") == "<|system|>Translate.\n<|user|>### Korean\n# 제목\n\n### English\n\n<|assistant|>"
+    assert chat.prompt("# 제목") == "<|system|>Translate.\n<|user|># 제목\n<|assistant|>"  # the bare source
     tokenizer.chat_template = NO_SYSTEM
     merged = Translator(None, tokenizer, "cpu", system="Translate.")
-    assert merged.prompt("# 제목") == "<|user|>Translate.\n\n### Korean\n# 제목\n\n### English\n\n<|assistant|>"
+    assert merged.prompt("# 제목") == "<|user|>Translate.\n\n# 제목\n<|assistant|>"
 
 
 def test_translate_cli_directory_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:

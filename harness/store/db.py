@@ -122,7 +122,6 @@ def _install_sqlite_pragmas(engine: Engine, readonly: bool) -> None:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys = ON")
         if not readonly:
-            cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
@@ -146,6 +145,16 @@ def _install_postgres_write_lock(engine: Engine) -> None:
             return
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {BUSY_TIMEOUT_MS}")
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+
+def _use_wal(engine: Engine) -> None:
+    """Readers never block the writer. Set once the file is known to be a kobench store: journal_mode is stored in
+    the file itself, so setting it on connect would rewrite a foreign database that is then refused."""
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA journal_mode = WAL")
+    finally:
+        raw.close()
 
 
 @contextlib.contextmanager
@@ -281,6 +290,8 @@ def open_store(db: str | os.PathLike[str] | None = None, readonly: bool = False)
                                  "empty). Run `kobench run --db ...` first or pass another --db")
         else:
             migrate(engine, url)
+            if path is not None:
+                _use_wal(engine)
     except DatabaseError as exc:
         engine.dispose()
         reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)

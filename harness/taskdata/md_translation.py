@@ -20,9 +20,8 @@ SCHEMA = ('{"id", "style", "messages": [{"role": "system", "content"}, {"role": 
 ROLES = ("system", "user", "assistant")
 DEFAULT_STYLE = "general"
 
-# The prompt frame around the source. lm-eval renders one prompt text for chat and plain models alike (the task's
-# doc_to_text cannot tell which), so chat models get it as the user turn under the system turn, plain models after
-# the system text.
+# The plain-text frame around the source, for models without a chat template (chat models get the bare source as the
+# user turn, as in the data and in fine-tuning).
 SOURCE_HEADER = "### Korean\n"
 TARGET_HEADER = "### English\n"
 
@@ -64,8 +63,11 @@ def read_md_translation(path: Path) -> list[dict[str, Any]]:
     return docs
 
 
-def prompt_text(doc: dict[str, Any]) -> str:
-    """The source in the Korean/English frame: the user turn for chat models, the prompt body for plain ones."""
+def prompt_text(doc: dict[str, Any], chat: bool | None = None) -> str:
+    """What follows the system text: the bare source for a chat model (its user turn), else the source in the
+    Korean/English frame. chat=None (not known, as under plain `lm_eval`) takes the frame, which suits both."""
+    if chat:
+        return doc["source"]
     return f"{SOURCE_HEADER}{doc['source']}\n\n{TARGET_HEADER}"
 
 

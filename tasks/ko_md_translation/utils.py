@@ -7,14 +7,22 @@ import sacrebleu
 
 from harness.metrics.korean import korean_ratio
 from harness.metrics.markdown import preservation
-from harness.taskdata import task_loader
+from harness.taskdata import load_splits
 from harness.taskdata.md_translation import clean_translation, prompt_text
 
-load = task_loader("ko_md_translation")
+
+def load(**metadata: Any) -> Any:
+    """The splits, each doc with its prompt body: bare source under a chat template, the ### frame otherwise.
+
+    doc_to_text cannot see whether lm-eval applies a chat template, so the loader decides from the run metadata
+    (`kobench_chat`, set by kobench's runner); without it (plain `lm_eval`) every model gets the frame.
+    """
+    chat = metadata.get("kobench_chat")
+    return load_splits("ko_md_translation", **metadata).map(lambda doc: {"prompt": prompt_text(doc, chat)})
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
-    return prompt_text(doc)
+    return doc["prompt"]
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
