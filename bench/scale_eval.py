@@ -8,6 +8,12 @@ checksum), batches are split whole so each batch has the same shape on either si
 rank 0 and compared token by token with the single-GPU outputs. Timed: the generation loop only (not start-up or
 weight init), from a barrier to the last rank's end.
 
+Attention runs eager by default: its matmuls go through cuBLAS, pinned to deterministic algorithms here, so the
+same batch gives the same tokens on any GPU of the kind. With --attn sdpa the fused attention kernels differ from run
+to run in the last bit (on 2 x H200, torch 2.11 + CUDA 13.0, even the same batch twice on one GPU), which flips the
+many near-tied greedy choices of a random model: the report's run_to_run_identical and first_token_logit_margin show
+when that, not the sharding, is why outputs differ.
+
 Writes $OUT/scale_eval.json ($OUT defaults to ./bench_out). Needs torch + transformers + accelerate, not lm-eval.
 
     python bench/scale_eval.py --gpus 2         # on 2 GPUs of ~40 GB or more (2 x H200: about 2 minutes)
@@ -44,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128, help="greedy tokens generated per prompt")
     parser.add_argument("--batch", type=int, default=16, help="prompts per generate() call")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attn", default="eager", help="attention implementation: eager (deterministic: its "
+                        "matmuls go through cuBLAS, pinned below) or sdpa (faster; its fused kernels may differ "
+                        "from run to run in the last bit, which flips near-tied greedy choices)")
     parser.add_argument("--tiny", action="store_true", help="2-layer model, small workload, CPU processes")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one phase, write this JSON file
@@ -66,7 +75,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> Any:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     torch.manual_seed(args.seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=args.attn)
     return model.eval()
 
 
@@ -102,14 +111,20 @@ def run_phase(args: argparse.Namespace) -> None:
     batches = prompt_batches(args, model.config.vocab_size)
     mine = list(range(state.process_index, len(batches), state.num_processes))  # whole batches, round robin
 
+    margins: list[float] = []  # first generated token: top-1 minus top-2 logit (small = a near-tie)
+
     def generate(ids: torch.Tensor) -> torch.Tensor:
         ids = ids.to(device)
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                                 min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-        return out[:, ids.shape[1]:].cpu()
+                                 min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0,
+                                 output_logits=True, return_dict_in_generate=True)
+        top2 = out.logits[0].float().topk(2, dim=-1).values
+        margins.extend((top2[:, 0] - top2[:, 1]).tolist())
+        return out.sequences[:, ids.shape[1]:].cpu()
 
     generate(batches[0][:1, :8])  # warm-up: kernels and allocator, outside the timing
+    margins.clear()
     state.wait_for_everyone()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -127,7 +142,7 @@ def run_phase(args: argparse.Namespace) -> None:
     repeat_same = generate(batches[mine[0]]).tolist() == [outputs[mine[0] * args.batch + r]
                                                           for r in range(len(batches[mine[0]]))] if mine else None
     gathered = gather_object([{"rank": state.process_index, "outputs": outputs, "own_s": own_s,
-                               "checksum": checksum, "repeat_same": repeat_same,
+                               "checksum": checksum, "repeat_same": repeat_same, "margins": margins,
                                "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20
                                if device.type == "cuda" else None}])
     if state.is_main_process:
@@ -137,7 +152,10 @@ def run_phase(args: argparse.Namespace) -> None:
             "rank_s": [p["own_s"] for p in sorted(gathered, key=lambda p: p["rank"])],
             "checksums": [p["checksum"] for p in gathered], "peak_mem_mb": [p["peak_mem_mb"] for p in gathered],
             "repeat_same": [p["repeat_same"] for p in gathered],
+            "margins": sorted(m for p in gathered for m in p["margins"]),
             "outputs": {str(i): merged[i] for i in sorted(merged)}}))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,6 +213,9 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                                                                 many["outputs"][i]))
                              / (len(one["outputs"]) * args.new_tokens), 4),
         "run_to_run_identical": one["repeat_same"] + many["repeat_same"],
+        "first_token_logit_margin": {"min": round(one["margins"][0], 5),
+                                     "median": round(one["margins"][len(one["margins"]) // 2], 5)},
+        "attn": args.attn,
         "wall_s": {"1": round(one["wall_s"], 3), str(args.gpus): round(many["wall_s"], 3)},
         "rank_s": {str(args.gpus): [round(s, 3) for s in many["rank_s"]]},
         "gen_tokens_per_s": {"1": round(tokens / one["wall_s"], 1), str(args.gpus): round(tokens / many["wall_s"], 1)},
@@ -218,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_phase(args)
         return 0
-    report = compare(args, [a for a in argv if a not in ("--worker",)])
+    report = compare(args, argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale_eval.json").write_text(json.dumps(report, indent=1))

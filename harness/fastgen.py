@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.errors import KobenchError
+
 # Sizing keeps this share of the free memory, leaving the rest for allocator fragmentation and kernel workspaces.
 MEMORY_SHARE = 0.9
 # Largest bucket: decode is bound by the weight read until far larger batches, and 64 matches lm-eval's own
@@ -111,7 +113,10 @@ def generate_until(lm: Any, requests: list[Any], disable_tqdm: bool = False,
         device = str(lm.device)
         free_bytes = (lambda: free_cuda_bytes(device)) if device.startswith("cuda") else (lambda: None)
     fixed = lm.batch_size_per_gpu if isinstance(lm.batch_size_per_gpu, int) else None
-    cost = sequence_cost(lm.model)
+    try:
+        cost: SequenceCost | None = sequence_cost(lm.model)
+    except KobenchError:  # a config kobench cannot read the shape of: fixed-size buckets, an OOM halves them
+        cost = None
     groups: dict[str, list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
@@ -153,10 +158,10 @@ def generate_until(lm: Any, requests: list[Any], disable_tqdm: bool = False,
     return [text or "" for text in outputs], stats
 
 
-def _bucket_size(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any], cost: SequenceCost,
+def _bucket_size(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any], cost: SequenceCost | None,
                  free: int | None, ceiling: int) -> int:
     """Memory-sized batch for the bucket that starts with contexts[0] (the longest); `ceiling` when unmeasured."""
-    if free is None:
+    if free is None or cost is None:
         return min(ceiling, len(contexts))
     max_gen_toks = _max_gen_toks(lm, gen_kwargs)
     prompt = max(1, min(len(lm.tok_encode(contexts[0])), lm.max_length - max_gen_toks))

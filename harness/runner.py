@@ -406,7 +406,7 @@ def _truncation(lm: Any, task: TaskInfo, logged: list[dict[str, Any]]) -> dict[s
         return {}
     return {"truncated": {"count": len(items), "items": [items[k] for k in sorted(items)][:20], "context": limit,
                           "longest_tokens": longest,
-                          "note": "prompt + answer longer than the model's context: lm-eval kept the end of the prompt"}}
+                          "note": "prompt + answer exceed the model's context: lm-eval kept the end of the prompt"}}
 
 
 def _chat_enabled(config: RunConfig, tokenizer: Any) -> bool:
@@ -620,8 +620,8 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
             records.write_task(store, run_id, outcome)
             if cut := outcome.details.get("truncated"):
                 progress("status", text=f"warning: {name}: {cut['count']} of {outcome.n} prompts (e.g. item "
-                                        f"{cut['items'][0]}) exceed the model's {cut['context']}-token context; lm-eval "
-                                        "cut them from the left (recorded in the task details)")
+                                        f"{cut['items'][0]}) exceed the model's {cut['context']}-token context; "
+                                        "lm-eval cut them from the left (recorded in the task details)")
             peak = max(peak, outcome.peak_mem_mb or 0.0)
             if outcome.gen_tokens_per_s:
                 gen_rates.append(outcome.gen_tokens_per_s)

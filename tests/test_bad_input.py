@@ -161,6 +161,8 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
     # ---- tasks and metrics -------------------------------------------------------------------------------------
     ("unknown_task", lambda c: c.run(tasks="ko_fixture_mcq"),
      ("--tasks ko_fixture_mcq", "Did you mean 'ko_fixture_mc'")),
+    ("markup_in_the_input", lambda c: c.run(tasks="ko_[bold]fixture[/]"),  # printed as typed, not as rich markup
+     ("--tasks ko_[bold]fixture[/]: unknown task", "see `kobench tasks`")),
     ("unknown_metric", lambda c: c.task_dir_with("metric: acc\n", "metric: acc_typo\n") and c.run(),
      ("ko_fixture_mc.yaml", "metric 'acc_typo' is not an lm-eval metric", "Fix metric_list")),
     ("unknown_main_metric", lambda c: c.task_dir_with("main_metric: acc", "main_metric: accuracy") and c.run(),

@@ -23,7 +23,7 @@ from harness.multigpu import DataParallel, GpuJob, ParallelConfig
 from harness.runner import run
 from harness.store import open_store
 from harness.store.schema import Run, Sample, TaskResult
-from tests.conftest import FIXTURE_TASKS, REPO, kobench, last_json_line
+from tests.conftest import REPO, kobench, last_json_line
 
 TASKS = ["ko_fixture_mc", "ko_fixture_gen"]
 ITEMS = 6 + 4  # the fixture tasks' items

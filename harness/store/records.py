@@ -108,7 +108,8 @@ def write_task(store: Store, run_id: int, outcome: TaskOutcome) -> int:
     with store.session() as session, session.begin():
         result = TaskResult(run_id=run_id, task=outcome.task, task_version=outcome.task_version,
                             data_hash=outcome.data_hash, fingerprint=outcome.fingerprint, status=outcome.status,
-                            error=redact(outcome.error) if outcome.error else None, n=outcome.n, wall_s=outcome.wall_s, peak_mem_mb=outcome.peak_mem_mb,
+                            error=redact(outcome.error) if outcome.error else None, n=outcome.n,
+                            wall_s=outcome.wall_s, peak_mem_mb=outcome.peak_mem_mb,
                             prompt_tokens=outcome.prompt_tokens, gen_tokens=outcome.gen_tokens,
                             prompt_tokens_per_s=outcome.prompt_tokens_per_s,
                             gen_tokens_per_s=outcome.gen_tokens_per_s, details=redact_value(outcome.details))
