@@ -23,8 +23,9 @@ path at stock's own batch size, so in stock's batch composition: equal there mea
 rounding of batched bf16 kernels, not from kobench's code. Writes $OUT/eval_speed.json and $OUT/eval_speed.log
 ($OUT defaults to ./bench_out).
 
-    python bench/eval_speed.py             # GPU: both models, 16 items a task, 40 new tokens; about 7 minutes on an H100
+    python bench/eval_speed.py             # GPU: both models, 16 items a task, 40 new tokens; ~7-8 min on an H100
     python bench/eval_speed.py --tiny      # a 2-layer config on the CPU, 2 items a task: checks the script runs
+    python bench/eval_speed.py --models llama-3.2-3b    # one model per call, to fit a shorter command limit
 
 Needs torch, transformers, tokenizers, lm-eval and kobench's own dependencies (harness, and the tasks' metrics:
 python-mecab-ko, kiwipiepy, sacrebleu, rouge-score, markdown-it-py, sqlalchemy).
@@ -538,8 +539,8 @@ def compare_outputs(stock: dict[str, Any], kobench: dict[str, Any]) -> dict[str,
         "generation": {"items": len(common), "identical": len(common) - len(differing),
                        "match_rate": (len(common) - len(differing)) / len(common) if common else None,
                        "by_task": {t: {"items": n, "identical": same} for t, (n, same) in by_task.items()},
-                       "examples": [{"item": k, "stock": stock["outputs"][k][:120], "kobench": kobench["outputs"][k][:120]}
-                                    for k in differing[:3]]},
+                       "examples": [{"item": k, "stock": stock["outputs"][k][:120],
+                                     "kobench": kobench["outputs"][k][:120]} for k in differing[:3]]},
         "multiple_choice": {"docs": len(docs), "same_choice": same_choice, "max_abs_loglik_diff": max_diff},
     }
 
@@ -624,7 +625,8 @@ class SideFailed(Exception):
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print("\nmodel             side     gen s   tok/s  batches        ms/step  floor  x    loglik s  peak MiB (NVML; CPU: RSS)")
+    print("\nmodel             side     gen s   tok/s  batches        ms/step  floor  x    loglik s  peak MiB "
+          "(NVML; CPU: RSS)")
     for m in report["models"]:
         for side in ("stock", "kobench"):
             s = m[side]

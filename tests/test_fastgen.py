@@ -194,3 +194,17 @@ def test_summarize_counts_decode_steps() -> None:
     assert summary["decode_steps"] == 15
     assert summary["decode_s_per_step"] == pytest.approx(2.0 / 15)
     assert summary["batch_sizes"] == [4, 8] and summary["prefill_s"] == 0.75
+
+
+def test_unreadable_shape_falls_back_to_fixed_buckets(kobench_lm: Any, stock_outputs: list[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import KobenchError
+
+    def unreadable(model: Any) -> SequenceCost:
+        raise KobenchError("model config has no hidden_size")
+
+    monkeypatch.setattr(fastgen, "sequence_cost", unreadable)
+    # memory is measured, but without the shape it cannot size buckets: the batch size (8) caps them
+    outputs, buckets = fastgen.generate_until(kobench_lm, make_requests(), disable_tqdm=True, free_bytes=lambda: 1)
+    assert outputs == stock_outputs
+    assert [b.batch for b in buckets] == [6, 6]

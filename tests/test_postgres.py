@@ -205,3 +205,24 @@ def test_password_works_and_is_redacted_in_errors(pg_server: PgServer) -> None:
         assert "Traceback" not in proc.stderr
     finally:
         pg_server.drop_database(name)
+
+
+def test_a_writer_waits_for_the_write_lock_then_gives_up_with_a_clear_message(pg_url: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One writer holds a transaction open; another waits (like SQLite's busy timeout) and then fails with the
+    store's one-line message instead of a driver traceback."""
+    from harness.store import db
+
+    holder = open_store(pg_url)
+    waiter = open_store(pg_url)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)
+    with holder.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))  # the transaction has begun: it holds the write lock until it ends
+        with pytest.raises(DBAPIError) as err:
+            records.get_or_create_model(waiter, "blocked", kind="model", name="m", source="test")
+        message = str(waiter.write_error(err.value))
+        conn.rollback()
+    assert "lock timeout" in message and "held the store's write lock" in message
+    assert records.get_or_create_model(waiter, "blocked", kind="model", name="m", source="test")  # free again
+    holder.dispose()
+    waiter.dispose()

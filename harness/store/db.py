@@ -262,7 +262,7 @@ class Store:
         elif any(word in lowered for word in ("readonly", "read-only", "permission", "i/o error")):
             fix = "Make the database file and its -wal/-shm files writable (or pass another --db), then run the same "
             fix += "command again: finished tasks are reused"
-        elif "locked" in lowered:
+        elif "locked" in lowered or "lock timeout" in lowered:  # SQLite's busy timeout, PostgreSQL's lock_timeout
             fix = "Another process held the store's write lock for over a minute; run again when it is done"
         else:
             fix = "Run `kobench db check` to verify the store, then the same command again"
