@@ -362,7 +362,7 @@ def follow(dp: DataParallel, config: RunConfig, spec: Any, plans: list[Any], cha
         batch = str(budget.batch_sizes[first.info.name]) if budget and config.batch_size == "auto" \
             else config.batch_size
         lm = dp.attach(make_lm(model, tokenizer, batch, dp.device))
-        task_manager = _task_manager(config, plans)
+        task_manager = _task_manager(config, plans, chat)
         for plan in plans:
             if plan.info.name not in todo:
                 continue

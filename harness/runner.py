@@ -50,6 +50,8 @@ class TaskPlan:
     indices: list[int] | None
     n_items: int
     fingerprint: str = ""
+    # generation overrides of the suite (the quick suite caps max_gen_toks); part of the fingerprint
+    gen_kwargs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -78,13 +80,22 @@ class RunResult:
         return out
 
 
-def stratified_indices(docs: list[dict[str, Any]], count: int, field_name: str | None) -> list[int]:
-    """A fixed subset of `count` items spread round-robin over the values of `field_name` (file order within each)."""
+def stratified_indices(docs: list[dict[str, Any]], count: int, field_name: str | None,
+                       prefer_short: bool = False) -> list[int]:
+    """A fixed subset of `count` items spread round-robin over the values of `field_name`.
+
+    Within each value, items are taken in file order, or shortest first with `prefer_short` (the quick suite: on a
+    CPU the longest translation documents alone would take minutes).
+    """
     if count >= len(docs):
         return list(range(len(docs)))
     groups: dict[Any, list[int]] = defaultdict(list)
-    for i, doc in enumerate(docs):
-        groups[doc.get(field_name) if field_name else None].append(i)
+    order = range(len(docs))
+    if prefer_short:
+        sizes = [len(json.dumps(doc, ensure_ascii=False, default=str)) for doc in docs]
+        order = sorted(order, key=lambda i: (sizes[i], i))
+    for i in order:
+        groups[docs[i].get(field_name) if field_name else None].append(i)
     queues = [groups[key] for key in sorted(groups, key=str)]
     chosen: list[int] = []
     while len(chosen) < count:
@@ -104,7 +115,8 @@ def _task_code_hash(info: TaskInfo) -> str:
 def plan_tasks(config: RunConfig) -> list[TaskPlan]:
     from harness.taskdata import read_records
 
-    suite_items = (load_suites().get(config.suite or "", {}) or {}).get("items") or {}
+    suite = load_suites().get(config.suite or "", {}) or {}
+    suite_items = suite.get("items") or {}
     plans = []
     known_categories: set[str] = set()
     for name in config.tasks:
@@ -119,12 +131,23 @@ def plan_tasks(config: RunConfig) -> list[TaskPlan]:
         count = suite_items.get(name) or suite_items.get(info.output_type) or suite_items.get("default")
         if config.limit is not None:
             count = min(count or config.limit, config.limit)
-        indices = stratified_indices(docs, count, info.breakdown[0] if info.breakdown else None) if count else None
+        indices = stratified_indices(docs, count, info.breakdown[0] if info.breakdown else None,
+                                     prefer_short=bool(suite.get("prefer_short"))) if count else None
         plans.append(TaskPlan(info=info, data_paths=paths, data_hash=data_hash(paths), indices=indices,
-                              n_items=len(indices) if indices is not None else len(docs)))
+                              n_items=len(indices) if indices is not None else len(docs),
+                              gen_kwargs=_suite_gen_kwargs(suite, info)))
     if config.categories:
         _check_categories(config, plans, known_categories)
     return plans
+
+
+def _suite_gen_kwargs(suite: dict[str, Any], info: TaskInfo) -> dict[str, Any] | None:
+    """The suite's cap on max_gen_toks for a generation task whose own limit is higher (None: the task's own)."""
+    cap = suite.get("max_gen_toks")
+    own = (info.raw.get("generation_kwargs") or {}).get("max_gen_toks")
+    if info.output_type != "generate_until" or not cap or (own is not None and own <= cap):
+        return None
+    return {"max_gen_toks": int(cap)}
 
 
 def _check_categories(config: RunConfig, plans: list[TaskPlan], known: set[str]) -> None:
@@ -144,6 +167,8 @@ def _fingerprint(plan: TaskPlan, model_identity: str, config: RunConfig, chat: b
              "code": _task_code_hash(plan.info), "data": plan.data_hash, "indices": plan.indices,
              "fewshot": config.num_fewshot, "chat": chat, "seed": config.seed, "categories": config.categories,
              "refined": config.refined, "generation": plan.info.raw.get("generation_kwargs")}
+    if plan.gen_kwargs:
+        parts["generation_override"] = plan.gen_kwargs
     if config.hardware != "unspecified":
         parts["hardware"] = config.hardware  # speed and memory are measured per profile, so results are too
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -360,7 +385,8 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
             samples={plan.info.name: plan.indices} if plan.indices is not None else None, log_samples=True,
             apply_chat_template=chat, fewshot_as_multiturn=chat and bool(config.num_fewshot),
             bootstrap_iters=config.bootstrap_iters, random_seed=config.seed, numpy_random_seed=config.seed,
-            torch_random_seed=config.seed, fewshot_random_seed=config.seed, verbosity="ERROR")
+            torch_random_seed=config.seed, fewshot_random_seed=config.seed, verbosity="ERROR",
+            gen_kwargs=plan.gen_kwargs)
     wall = time.perf_counter() - start
     multigpu.gather_counters(lm)
     if results is None:
@@ -377,7 +403,7 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
             c["prompt_tokens"] / wall if wall else None),
         gen_tokens_per_s=c["gen_tokens"] / c["gen_s"] if c["gen_s"] else None,
         details={"chat_template": chat, "indices": plan.indices,
-                 "generation_kwargs": plan.info.raw.get("generation_kwargs"),
+                 "generation_kwargs": {**(plan.info.raw.get("generation_kwargs") or {}), **(plan.gen_kwargs or {})},
                  "batch_size": getattr(lm, "batch_size_per_gpu", None), **memory.figures(),
                  **_truncation(lm, plan.info, results["samples"][name])})
 
@@ -481,7 +507,7 @@ def _plan_budget(config: RunConfig, spec: ModelSpec, device: str, plans: list[Ta
     # lm-eval's context length: the config's, else the tokenizer's (unless "unlimited"), else 2048
     tokenizer_max = getattr(tokenizer, "model_max_length", None) or 0
     max_length = dims.max_position_embeddings or (tokenizer_max if 0 < tokenizer_max < 10**9 else 2048)
-    shapes = hardware.measure_task_shapes(_task_manager(config, plans), [(p.info.name, p.indices) for p in plans],
+    shapes = hardware.measure_task_shapes(_task_manager(config, plans, chat), [(p.info.name, p.indices) for p in plans],
                                           tokenizer, int(max_length), chat, config.num_fewshot, config.seed)
     budget = hardware.plan_budget(profile, dims, params, shapes, config.quantize, config.dtype, config.batch_size)
     if budget.fits and budget.quantization and not device.startswith("cuda"):
@@ -490,13 +516,18 @@ def _plan_budget(config: RunConfig, spec: ModelSpec, device: str, plans: list[Ta
     return budget
 
 
-def _task_manager(config: RunConfig, plans: list[TaskPlan]) -> Any:
+def _task_manager(config: RunConfig, plans: list[TaskPlan], chat: bool) -> Any:
+    """lm-eval's TaskManager over tasks/, with the run's data overrides and options for the task loaders.
+
+    `kobench_chat` tells a loader whether the chat template will wrap the prompt (a task such as ko_md_translation
+    then sends the bare source as the user turn instead of its plain-text frame).
+    """
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={
         "kobench_data": config.data,
         "kobench_categories": {p.info.name: config.categories for p in plans} if config.categories else {},
-        "kobench_refined": config.refined})
+        "kobench_refined": config.refined, "kobench_chat": chat})
 
 
 def _load_tokenizer(spec: ModelSpec, progress: Progress) -> Any:
@@ -594,7 +625,7 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
     exceeded: list[str] = []
     heartbeat = records.Heartbeat(store, run_id).start()  # a long task still shows the run alive
     try:
-        task_manager = _task_manager(config, plans)
+        task_manager = _task_manager(config, plans, chat)
         start_batch = getattr(lm, "batch_size_per_gpu", None)
         for index, plan in enumerate(plans, start=1):
             name = plan.info.name

@@ -135,3 +135,19 @@ def test_stratified_indices_spread_over_categories() -> None:
     # round-robin a, b, c, a, b -> indices 0, 4, 8, 1, 5
     assert stratified_indices(docs, 5, "c") == [0, 1, 4, 5, 8]
     assert stratified_indices(docs, 50, "c") == list(range(10))
+
+
+def test_quick_suite_takes_short_items_and_caps_generation() -> None:
+    from harness.runner import _suite_gen_kwargs
+    from harness.tasks import TaskInfo
+
+    docs = [{"c": "a", "t": "x" * 50}, {"c": "a", "t": "x"}, {"c": "b", "t": "x" * 9}, {"c": "b", "t": "x" * 3}]
+    # shortest first within each category: a -> index 1, b -> index 3
+    assert stratified_indices(docs, 2, "c", prefer_short=True) == [1, 3]
+    assert stratified_indices(docs, 2, "c") == [0, 2]
+    gen = TaskInfo(name="t", yaml_path=Path("t.yaml"), output_type="generate_until", version="1", main_metric="m",
+                   raw={"generation_kwargs": {"max_gen_toks": 256}})
+    assert _suite_gen_kwargs({"max_gen_toks": 64}, gen) == {"max_gen_toks": 64}
+    assert _suite_gen_kwargs({"max_gen_toks": 512}, gen) is None  # the task's own limit is already lower
+    mc = TaskInfo(name="m", yaml_path=Path("m.yaml"), output_type="multiple_choice", version="1", main_metric="acc")
+    assert _suite_gen_kwargs({"max_gen_toks": 64}, mc) is None

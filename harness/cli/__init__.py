@@ -41,7 +41,10 @@ def main() -> None:
     _register()
     quiet_libraries()
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns typer.Exit's code instead of exiting: pass it on
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except KobenchError as exc:
         from rich.markup import escape
 
