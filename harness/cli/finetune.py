@@ -94,6 +94,9 @@ def finetune_command(
                                                        "(default: every epoch)")] = None,
         neftune_alpha: Annotated[float | None, typer.Option("--neftune-alpha", help="NEFTune embedding noise")] = None,
         liger: Annotated[bool, typer.Option("--liger", help="Liger Triton kernels (GPU, liger-kernel)")] = False,
+        gradient_checkpointing: Annotated[bool, typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations in the backward pass (less memory, ~25% more compute)")] = True,
         output: Annotated[str | None, typer.Option("--output", "-o", help="Adapter directory (default: "
                                                    "adapters/MODEL-TASKS-METHOD-TIME)")] = None,
         merge: Annotated[bool, typer.Option("--merge", help="Also write merged full weights to OUTPUT/merged")] = False,
@@ -115,7 +118,8 @@ def finetune_command(
         preset, model=model, top=top, tasks=split_csv(task), data=data, method=method, hardware=hardware,
         epochs=epochs, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length, max_steps=max_steps,
-        max_examples=max_examples, eval_steps=eval_steps, neftune_alpha=neftune_alpha, liger=liger, output=output,
+        max_examples=max_examples, eval_steps=eval_steps, neftune_alpha=neftune_alpha, liger=liger,
+        gradient_checkpointing=gradient_checkpointing, output=output,
         merge=merge, evaluate=not no_eval, eval_tasks=split_csv(eval_tasks), eval_limit=eval_limit, device=device,
         seed=seed, db=db, online=online, trust_remote_code=trust_remote_code)
     config.validate()  # a user mistake ends here, before the training libraries and the model load
