@@ -81,15 +81,13 @@ class RunConfig:
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise KobenchError(f"--num-fewshot {self.num_fewshot}: must be 0 or more")
         suites = load_suites()
-        if self.suite and self.tasks:
+        # A suite expands into its task list; validating again (e.g. `kobench screen` checks every candidate first,
+        # then runs it) sees that list, which is not "--tasks and --suite both given".
+        if self.suite and self.tasks and self.tasks != _suite_tasks(suites, self.suite):
             raise KobenchError("--tasks and --suite both given: pass one of them")
         if not self.tasks:
-            suite = self.suite or "full"
-            if suite not in suites:
-                raise KobenchError(f"--suite {suite}: unknown suite; known: {', '.join(suites)}")
-            self.suite = suite
-            self.tasks = sorted(discover_tasks()) if suites[suite].get("tasks", "all") == "all" else list(
-                suites[suite]["tasks"])
+            self.suite = self.suite or "full"
+            self.tasks = _suite_tasks(suites, self.suite)
             if not self.tasks:
                 raise KobenchError("no tasks found under tasks/: check KOBENCH_TASKS_DIR")
         for name in self.tasks:
@@ -102,6 +100,15 @@ class RunConfig:
 
             read_records(Path(path), info.data_format)  # raises DataError with file/line
         return self
+
+
+def _suite_tasks(suites: dict[str, dict[str, Any]], suite: str) -> list[str]:
+    from harness.tasks import discover_tasks
+
+    if suite not in suites:
+        raise KobenchError(f"--suite {suite}: unknown suite; known: {', '.join(suites)}")
+    wanted = suites[suite].get("tasks", "all")
+    return sorted(discover_tasks()) if wanted == "all" else list(wanted)
 
 
 def parse_data_overrides(values: list[str]) -> dict[str, str]:

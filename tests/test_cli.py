@@ -141,3 +141,14 @@ def test_store_errors_exit_2(tiny_model: Path, tmp_path: Path) -> None:
     assert "newer kobench" in line and file_digest(newer) == before
     line = _error(kobench("show", "--db", "mysql+nodriver://u:pw@h/db", env=ENV))
     assert "pw" not in line
+
+
+def test_screen_with_a_suite_runs_every_candidate(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    cands = tmp_path / "candidates.yaml"
+    cands.write_text(f"- model: {tiny_model}\n- model: {tiny_model}\n  adapter: {tiny_adapter}\n", encoding="utf-8")
+    proc = kobench("screen", "--candidates", str(cands), "--suite", "quick", "--db", str(tmp_path / "s.db"),
+                   "--device", "cpu", "--json", env=ENV, check=True)
+    rows = last_json_line(proc.stdout)
+    assert len(rows) == 2 and sorted(r["rank"] for r in rows) == [1, 2]
+    # the quick suite's multiple-choice subset is 6 items: the whole 6-item fixture task
+    assert all(r["n_tasks"] == 2 for r in rows)
