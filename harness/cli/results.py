@@ -81,7 +81,12 @@ def show_ranking(db: str | None, hardware: str | None, as_json: bool, console: C
     if not rows:
         console.print("no finished runs in the store yet: run `kobench run --model ...` first")
         return
-    console.print(ranking_table(rows))
+    table = ranking_table(rows)
+    # piped output (make demo, CI logs) gets rich's 80-column default, which truncates every cell: use the width the
+    # table needs instead
+    if not console.is_terminal:
+        console = Console(width=400, file=console.file)
+    console.print(table)
 
 
 @app.command()
