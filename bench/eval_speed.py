@@ -384,6 +384,37 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def side_profile(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """The suite through the runner once more, under --also-hardware (e.g. t4-16gb): each task's status, the
+    planner's estimate and the measured peak, read back from the run's store (what `kobench show` prints)."""
+    import sqlite3
+
+    from harness import hardware
+    from harness.config import RunConfig
+    from harness.errors import KobenchError
+    from harness.runner import MemorySampler, run
+
+    profile, device = plan["also_hardware"], plan["device"]
+    hardware.prepare_cuda_allocator()
+    db = Path(plan["work"]) / f"{model['name']}.{profile}.db"
+    config = RunConfig(model=model["dir"], tasks=plan["tasks"], limit=plan["items_per_task"], db=str(db),
+                       device=device, hardware=profile, quantize=plan.get("also_quantize") or "none",
+                       bootstrap_iters=plan["bootstrap_iters"], seed=SEED)
+    with MemorySampler(device) as memory:
+        try:
+            result = run(config)
+        except KobenchError as exc:  # e.g. fits only quantized and bitsandbytes is missing: refused before loading
+            return {"profile": profile, "status": "refused", "error": str(exc)}
+    with sqlite3.connect(db) as con:
+        tasks = [{"task": t, "status": s, "peak_allocated_mb": p, "gen_tokens_per_s": g,
+                  "estimate": (json.loads(d or "{}").get("estimate")), "precision": json.loads(d or "{}")
+                  .get("precision")} for t, s, p, g, d in con.execute(
+                      "SELECT task, status, peak_mem_mb, gen_tokens_per_s, details FROM task_results ORDER BY id")]
+    return {"profile": profile, "status": result.status, "error": result.error, "budget": result.budget,
+            "tasks": tasks, "peak_allocated_mb": result.peak_mem_mb,
+            "nvml_peak_used_mb": _memory_figures(memory).get("nvml_peak_used_mb")}
+
+
 def kernel_time_per_step(lm: Any, bucket: dict[str, Any], device: str) -> dict[str, Any]:
     """Where eager decoding's time goes, at the largest bucket's shape: GPU kernel time per decode step (the
     profiler's sum of kernel times) beside wall time per step. Kernel time is what a CUDA-graph decode could
@@ -643,6 +674,13 @@ def print_table(report: dict[str, Any]) -> None:
               f"choices same {c['same_choice']}/{c['docs']} (max |dLL| {c['max_abs_loglik_diff']:.3g}); control at "
               f"stock's batch {control.get('equal', '-')}/{control.get('compared', '-')}; within budget: "
               f"{m['within_budget']}; stock early stops {m['stock_early_stops']}")
+        also = m.get("also_hardware")
+        if also:
+            peaks = ", ".join(f"{t['task']} {t['status']} {t['peak_allocated_mb'] or 0:.0f}/"
+                              f"{(t['estimate'] or {}).get('total_bytes', 0) / 2**20:.0f}" for t in also.get("tasks", []))
+            print(f"  under {also['profile']}: {also['status']} (NVML peak {also.get('nvml_peak_used_mb') or 0:.0f} "
+                  f"MiB){'; ' + peaks + ' (peak/estimate MiB)' if peaks else ''}"
+                  f"{'; ' + (also.get('error') or '')[:160] if also.get('error') else ''}")
         kernel = m["kobench"].get("kernel_time") or {}
         if "kernel_ms_per_step" in kernel:
             print(f"  eager decode at batch {kernel['batch']} x {kernel['prompt_tokens']} tokens: wall "
@@ -662,13 +700,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="new tokens per item (default 40; 8 --tiny; 0 keeps each task's own)")
     parser.add_argument("--hardware", default=None,
                         help="kobench's profile (default rtx4090-24gb on a GPU; 'unspecified' for none)")
+    parser.add_argument("--also-hardware", default=None,
+                        help="then run kobench alone once more under this profile (e.g. t4-16gb): statuses, "
+                             "estimates and peaks per task")
+    parser.add_argument("--also-quantize", default=None, help="--quantize for that run (auto, int8, nf4)")
     parser.add_argument("--stock-batch-size", default="auto",
                         help="stock lm-eval's batch_size (default auto; on a CPU pass 1, lm-eval's own default: "
                              "its auto probe runs full-context forwards)")
     parser.add_argument("--control-items", type=int, default=2, help="items per generation task in the control")
     parser.add_argument("--bootstrap-iters", type=int, default=1000, help="both sides (kobench's default)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--side", choices=["build", "stock", "kobench"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["build", "stock", "kobench", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--model-name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -676,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:  # a child process: one side of one model
         plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
         model = next(m for m in plan["models"] if m["name"] == args.model_name)
-        work = {"build": side_build, "stock": side_stock, "kobench": side_kobench}[args.side]
+        work = {"build": side_build, "stock": side_stock, "kobench": side_kobench,
+                "profile": side_profile}[args.side]
         result = work(plan, model)
         out = Path(plan["work"]) / f"{model['name']}.{args.side}.json"
         out.write_text(json.dumps(result, ensure_ascii=False, default=str), encoding="utf-8")
@@ -720,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks": task_names, "items_per_task": items, "items": plan_items(task_names, items),
                 "tasks_dir": str(work / "tasks"), "tokenizer_dir": str(work / "tokenizer"), "hardware": hardware,
                 "stock_batch_size": args.stock_batch_size, "bootstrap_iters": args.bootstrap_iters,
-                "control_items": args.control_items, "models": models}
+                "control_items": args.control_items, "also_hardware": args.also_hardware,
+                "also_quantize": args.also_quantize, "models": models}
         plan_path = work / "plan.json"
         plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
         report: dict[str, Any] = {"device": device, "hardware_profile": hardware, "items_per_task": items,
@@ -740,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
                 build = run_side("build", plan_path, model["name"], log)
                 stock = run_side("stock", plan_path, model["name"], log)
                 kobench = run_side("kobench", plan_path, model["name"], log)
+                also = run_side("profile", plan_path, model["name"], log) if args.also_hardware else None
             except SideFailed as exc:
                 report["failed"].append(str(exc))
                 continue
@@ -749,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize_model(model["name"], build, stock, kobench, model["shape"],
                                       2 if plan["dtype"] == "bfloat16" else 4)
             summary["build"] = build
+            if also:
+                summary["also_hardware"] = also
             report["models"].append(summary)
             report["wall_s"] = time.perf_counter() - began
             (out_dir / "eval_speed.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str),

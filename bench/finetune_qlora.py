@@ -1,17 +1,28 @@
-"""QLoRA fine-tuning of an EXAONE-3.5-7.8B-shaped model: peak GPU memory and training tokens/s.
+"""QLoRA fine-tuning of an EXAONE-3.5-7.8B-shaped model: `kobench finetune` against a plain trl + peft +
+bitsandbytes script with the same hyper-parameters, in the same run; optionally DDP on several GPUs.
 
 The model is a randomly initialised LlamaConfig with EXAONE-3.5-7.8B's shape (hidden 4096, 32 layers, 32 heads, 8 KV
 heads, intermediate 14336, vocab 102400, untied embeddings): no checkpoint to download, same memory and compute.
-Training goes through the same code as `kobench finetune` (finetune.recipe.finetune with random_init=True): NF4 +
-double quantization + bf16 compute, LoRA r=16 on all linear layers, gradient checkpointing, completion-only loss,
-batch 1, sequences of --seq-len tokens (chat examples built to overflow it, then truncated to exactly --seq-len).
+Both sides train the same examples (chat examples built to overflow --seq-len, truncated to exactly --seq-len tokens,
+about 256 answer tokens each in the loss) from the same random bf16 checkpoint: NF4 + double quantization + bf16
+compute, LoRA r=16 on all linear layers, gradient checkpointing, completion-only loss, batch 1, lr 1e-4 cosine.
 
-Tokens/s is measured over the steps after --warmup (from the recipe's loss_log.csv, one row per step); peak memory is
-torch's peak allocated (and reserved) during training. Writes $OUT/finetune_qlora.json ($OUT defaults to ./bench_out).
-Needs torch, transformers, peft, trl, datasets and bitsandbytes (a CUDA GPU), not lm-eval.
+Sides (--sides), each in its own process so each has its own CUDA context and peak:
+  plain          trl's documented QLoRA recipe (BitsAndBytesConfig, prepare_model_for_kbit_training, LoraConfig,
+                 SFTConfig, SFTTrainer), nothing else
+  kobench        finetune.recipe.finetune (`kobench finetune --method qlora`)
+  kobench-liger  the same with --liger (Liger's fused RMSNorm, RoPE, SwiGLU and linear + cross-entropy)
+  ddp            `kobench finetune` under `accelerate launch --config_file configs/accelerate/ddp.yaml` on --gpus GPUs
 
-    python bench/finetune_qlora.py --steps 20           # on a GPU: QLoRA, seq len 2048
-    python bench/finetune_qlora.py --tiny --steps 3     # a 2-layer config on CPU (LoRA: no 4-bit on CPU) in a minute
+Tokens/s is measured over the steps after --warmup, from each side's per-step log (trl's num_tokens, summed over the
+processes under DDP); peak memory is torch's peak allocated (and reserved) in the training process (rank 0 under
+DDP). The FLOP rate counts 6 x (linear-layer parameters) per token: forward, the checkpointed forward again, and the
+backward's input gradients (the 4-bit base has no weight gradients), against the card's bf16 matrix rate.
+Writes $OUT/finetune_qlora.json ($OUT defaults to ./bench_out).
+
+    python bench/finetune_qlora.py --steps 20 --sides plain,kobench,kobench-liger   # GPU: seq len 2048
+    python bench/finetune_qlora.py --steps 20 --sides kobench,ddp --gpus 2           # DDP against 1 GPU
+    python bench/finetune_qlora.py --tiny --steps 3 --sides plain,kobench           # 2-layer, CPU, LoRA: a check
 """
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ import csv
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -116,6 +128,191 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
+BF16_MATMUL_FLOPS = 798e12  # an H100's 8192^3 bf16 product, /work/.library/device/KINDS.md (an H200's: 769-798)
+SEED = 1234
+
+
+def linear_params(config: LlamaConfig) -> int:
+    """Parameters of the linear layers a token passes through (attention, MLP, lm_head)."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (config.head_dim or h // config.num_attention_heads)
+    q = config.num_attention_heads * (config.head_dim or h // config.num_attention_heads)
+    return layers * (h * q + 2 * h * kv + q * h + 3 * h * i) + h * config.vocab_size
+
+
+def prepare(work: Path, tiny: bool, steps: int, seq_len: int) -> dict[str, Any]:
+    """The shape's config, a tokenizer with a chat template, the chat examples and the prompt-completion records
+    kobench makes of them (the plain side trains those same records)."""
+    from finetune.data import build_sft_data
+    from finetune.template import ensure_chat_template
+
+    shape = tiny_config() if tiny else exaone_35_7_8b()
+    model_dir = work / ("tiny-llama" if tiny else "exaone-3.5-7.8b-shape")
+    model_dir.mkdir()
+    shape.save_pretrained(model_dir)  # config.json only: the build side writes random weights once
+    tokenizer = build_tokenizer()
+    ensure_chat_template(tokenizer)
+    tokenizer.save_pretrained(model_dir)
+    data = work / "examples.jsonl"
+    # the recipe holds out 10% for validation: enough examples for every step of batch 1 on up to 8 GPUs
+    write_examples(data, tokenizer, n=8 * steps + max(2, 8 * steps // 9 + 1), seq_len=seq_len)
+    sft = build_sft_data([], str(data), SEED)
+    records = work / "train_records.jsonl"
+    with open(records, "w", encoding="utf-8") as handle:
+        for example in sft.train:
+            handle.write(json.dumps(example.to_record(), ensure_ascii=False) + "\n")
+    return {"model_dir": str(model_dir), "data": str(data), "records": str(records), "seq_len": seq_len,
+            "shape": shape.to_diff_dict(), "linear_params": linear_params(shape)}
+
+
+def side_build(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The random bf16 checkpoint both sides load (kobench's random-init cache)."""
+    from finetune.recipe import random_checkpoint
+
+    began = time.perf_counter()
+    path = random_checkpoint(plan["model_dir"], plan["device"], lambda *a, **k: print(*a, k, flush=True))
+    return {"checkpoint": path, "s": round(time.perf_counter() - began, 1)}
+
+
+def side_kobench(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    from finetune.config import FinetuneConfig
+    from finetune.recipe import finetune
+
+    config = FinetuneConfig.from_preset(
+        "balanced", model=plan["model_dir"], data=plan["data"], method=plan["method"], random_init=True,
+        max_steps=args.steps, eval_steps=args.steps, logging_steps=1, batch_size=1, grad_accum=1,
+        lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_length=plan["seq_len"], device=plan["device"],
+        output=str(Path(plan["work"]) / f"adapter-{args.side}"), evaluate=False, liger=args.side == "kobench-liger",
+        seed=SEED)
+    result = finetune(config, progress=lambda event, **info: print(event, info, flush=True)
+                      if event in ("status", "train_log") else None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    training = result.meta["training"]
+    out = {"steps": training["steps"], "processes": training.get("processes", 1), "train_wall_s": training["wall_s"],
+           "peak_allocated_mb": training["peak_mem_mb"],
+           "trainable_params": adapter_parameters(Path(result.output)),
+           **log_figures(Path(result.output) / "loss_log.csv", args.warmup)}
+    if plan["device"].startswith("cuda"):
+        out["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return out
+
+
+def side_plain(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """trl's documented QLoRA recipe, written as a user would; only the per-step log is kobench's (LossLog)."""
+    from datasets import load_dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune.recipe import LossLog, random_checkpoint
+
+    on_gpu = plan["device"].startswith("cuda")
+    checkpoint = random_checkpoint(plan["model_dir"], plan["device"], lambda *a, **k: None)
+    tokenizer = AutoTokenizer.from_pretrained(plan["model_dir"])
+    if on_gpu:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=quant, dtype=torch.bfloat16,
+                                                     device_map={"": 0})
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05,
+                             target_modules="all-linear", task_type="CAUSAL_LM")
+    dataset = load_dataset("json", data_files=plan["records"], split="train")
+    output = Path(plan["work"]) / "plain"
+    config = SFTConfig(output_dir=str(output), max_steps=args.steps, per_device_train_batch_size=1,
+                       gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="cosine",
+                       warmup_steps=0.03, max_length=plan["seq_len"], completion_only_loss=True,
+                       gradient_checkpointing=True, bf16=on_gpu, use_cpu=not on_gpu, logging_steps=1,
+                       save_strategy="no", report_to="none", seed=SEED, disable_tqdm=True)
+    output.mkdir(parents=True, exist_ok=True)
+    log = LossLog(output / "loss_log.csv")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[log])
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    trainer.train()
+    out = {"steps": trainer.state.global_step, "processes": 1, "train_wall_s": round(time.perf_counter() - began, 1),
+           **log_figures(output / "loss_log.csv", args.warmup)}
+    if on_gpu:
+        out["peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return out
+
+
+def log_figures(loss_log: Path, warmup: int) -> dict[str, Any]:
+    with open(loss_log, encoding="utf-8") as handle:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(handle) if r["train_loss"]]
+    rate = steady_rate(loss_log, warmup)
+    return {"steady_tokens_per_s": rate["tokens_per_s"], "steady_s_per_step": rate["s_per_step"],
+            "train_losses": losses}
+
+
+SIDES = {"build": side_build, "plain": side_plain, "kobench": side_kobench, "kobench-liger": side_kobench,
+         "ddp": side_kobench}
+
+
+def run_side(side: str, plan_path: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    me = [str(Path(__file__).resolve()), "--side", side, "--plan", str(plan_path), "--steps", str(args.steps),
+          "--warmup", str(args.warmup), "--lora-r", str(args.lora_r)]
+    if side == "ddp":
+        config = Path(__file__).resolve().parent.parent / "configs" / "accelerate" / "ddp.yaml"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                   "--num_processes", str(args.gpus), "--main_process_port", str(free_port())]
+        if not plan["device"].startswith("cuda"):
+            command += ["--cpu"]
+        command += me
+    else:
+        command = [sys.executable, *me]
+    began = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"\n===== {side} =====\n")
+        handle.flush()
+        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
+    print(f"  {side:14s} {time.perf_counter() - began:7.1f} s  (exit {proc.returncode})", flush=True)
+    result_path = Path(plan["work"]) / f"{side}.json"
+    if proc.returncode != 0 or not result_path.exists():
+        tail = log.read_text(encoding="utf-8", errors="replace")[-2500:]
+        print(tail, flush=True)
+        return {"error": f"exit {proc.returncode}: {tail[-800:]}"}
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compare(report: dict[str, Any], linear: int) -> None:
+    """Speed-ups over the plain side (and DDP over 1 GPU), loss agreement, FLOP-rate fractions."""
+    sides = report["sides"]
+    for result in sides.values():
+        rate = result.get("steady_tokens_per_s")
+        if rate and report["device"] != "cpu":
+            result["model_tflops_per_s"] = round(6 * linear * rate / 1e12, 1)
+            result["fraction_of_bf16_matmul_rate"] = round(6 * linear * rate / BF16_MATMUL_FLOPS, 3)
+    plain = sides.get("plain", {})
+    for name, result in sides.items():
+        if name == "plain" or "steady_tokens_per_s" not in result:
+            continue
+        base = sides["kobench"] if name == "ddp" and "kobench" in sides else plain
+        if base.get("steady_tokens_per_s") and result.get("steady_tokens_per_s"):
+            result["speedup_over_" + ("kobench_1gpu" if base is not plain else "plain")] = round(
+                result["steady_tokens_per_s"] / base["steady_tokens_per_s"], 3)
+        if name != "ddp" and plain.get("train_losses") and result.get("train_losses"):
+            pairs = list(zip(plain["train_losses"], result["train_losses"]))
+            diffs = [abs(a - b) / abs(a) for a, b in pairs]
+            result["loss_vs_plain"] = {"steps_compared": len(pairs), "max_rel_diff": round(max(diffs), 4),
+                                       "mean_rel_diff": round(sum(diffs) / len(diffs), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="2-layer config, LoRA, on CPU: checks the script runs")
@@ -123,61 +320,60 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the tokens/s figure")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--sides", default="plain,kobench", help=f"comma-separated, of {', '.join(list(SIDES)[1:])}")
+    parser.add_argument("--gpus", type=int, default=2, help="processes of the ddp side")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from finetune.config import FinetuneConfig
-    from finetune.recipe import finetune
+    if args.side:  # a child: one side
+        plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+        result = SIDES[args.side](plan, args)
+        if result is not None:
+            (Path(plan["work"]) / f"{args.side}.json").write_text(json.dumps(result, default=str), encoding="utf-8")
+        return
 
     on_gpu = torch.cuda.is_available() and not args.tiny
     if not on_gpu and not args.tiny:
         sys.exit("no CUDA GPU: QLoRA needs one. Use --tiny to check the script on a CPU")
-    shape = tiny_config() if args.tiny else exaone_35_7_8b()
-    seq_len = min(args.seq_len, 256) if args.tiny else args.seq_len
+    sides = args.sides.split(",")
+    unknown = [s for s in sides if s not in SIDES or s == "build"]
+    if unknown:
+        parser.error(f"--sides {','.join(unknown)}: unknown; choose from {', '.join(list(SIDES)[1:])}")
+    os.environ.setdefault("KOBENCH_CACHE", tempfile.mkdtemp(prefix="kobench-cache-"))  # the random checkpoint
     work = Path(tempfile.mkdtemp(prefix="kobench-qlora-"))
-    model_dir = work / ("tiny-llama" if args.tiny else "exaone-3.5-7.8b-shape")
-    model_dir.mkdir()
-    shape.save_pretrained(model_dir)  # config.json only: random_init builds the weights
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(model_dir)
-    data = work / "examples.jsonl"
-    # the recipe holds out 10% for validation: enough examples for every step of batch 1
-    write_examples(data, tokenizer, n=args.steps + max(2, args.steps // 9 + 1), seq_len=seq_len)
-
-    config = FinetuneConfig.from_preset(
-        "balanced", model=str(model_dir), data=str(data), method="lora" if args.tiny else "qlora",
-        random_init=True, max_steps=args.steps, eval_steps=args.steps, logging_steps=1, batch_size=1,
-        grad_accum=1, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_length=seq_len,
-        device="cuda" if on_gpu else "cpu", output=str(work / "adapter"), evaluate=False)
-    started = time.perf_counter()
-    result = finetune(config, progress=lambda event, **info: print(event, info, flush=True)
-                      if event in ("status", "train_log") else None)
-    wall = time.perf_counter() - started
-    training = result.meta["training"]
-    out: dict[str, Any] = {
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "finetune_qlora.log"
+    log.write_text("", encoding="utf-8")
+    plan = {**prepare(work, args.tiny, args.steps, min(args.seq_len, 256) if args.tiny else args.seq_len),
+            "work": str(work), "device": "cuda" if on_gpu else "cpu", "method": "qlora" if on_gpu else "lora"}
+    plan_path = work / "plan.json"
+    plan_path.write_text(json.dumps(plan), encoding="utf-8")
+    report: dict[str, Any] = {
         "shape": "tiny (2 layers)" if args.tiny else "EXAONE-3.5-7.8B (LlamaConfig, random init)",
-        "config": shape.to_diff_dict(), "method": config.method, "quantization": "nf4 + double quant, bf16 compute"
-        if config.method == "qlora" else None,
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": "all-linear",
-                 "trainable_params": adapter_parameters(Path(result.output))},
-        "seq_len": seq_len, "batch_size": 1, "steps": training["steps"], "warmup_steps_excluded": args.warmup,
-        **{f"steady_{k}": v for k, v in steady_rate(Path(result.output) / "loss_log.csv", args.warmup).items()},
-        "overall_tokens_per_s": training["tokens_per_s"], "train_tokens": training["train_tokens"],
-        "train_wall_s": training["wall_s"], "script_wall_s": round(wall, 1),
-        "peak_mem_mb": training["peak_mem_mb"], "losses": {"first": None, "final": training["final_train_loss"]},
-        "device": torch.cuda.get_device_name(0) if on_gpu else platform.processor() or "cpu",
-        "versions": result.meta["versions"],
-    }
-    if on_gpu:
-        out["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-    with open(Path(result.output) / "loss_log.csv", encoding="utf-8") as handle:
-        losses = [float(r["train_loss"]) for r in csv.DictReader(handle) if r["train_loss"]]
-    out["losses"]["first"] = losses[0] if losses else None
-    target = Path(args.out)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "finetune_qlora.json").write_text(json.dumps(out, indent=1, default=str))
-    print(json.dumps({k: out[k] for k in ("shape", "method", "seq_len", "steps", "steady_tokens_per_s",
-                                          "steady_s_per_step", "peak_mem_mb")}, default=str))
+        "config": plan["shape"], "linear_params": plan["linear_params"], "method": plan["method"],
+        "quantization": "nf4 + double quant, bf16 compute" if on_gpu else None, "seq_len": plan["seq_len"],
+        "batch_size_per_process": 1, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.05,
+                                              "target_modules": "all-linear"},
+        "steps": args.steps, "warmup_steps_excluded": args.warmup, "gpus_ddp": args.gpus if "ddp" in sides else None,
+        "device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "command": " ".join(sys.argv), "sides": {}}
+    began = time.perf_counter()
+    report["build"] = run_side("build", plan_path, args, log)
+    for side in sides:
+        report["sides"][side] = run_side(side, plan_path, args, log)
+        compare(report, plan["linear_params"])
+        report["wall_s"] = round(time.perf_counter() - began, 1)
+        (out_dir / "finetune_qlora.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    print(f"\n{'side':14s} {'tok/s':>8s} {'s/step':>7s} {'peak MiB':>9s} {'x plain':>7s}  loss vs plain")
+    for name, r in report["sides"].items():
+        loss = r.get("loss_vs_plain") or {}
+        speed = r.get("speedup_over_plain") or r.get("speedup_over_kobench_1gpu")
+        print(f"{name:14s} {r.get('steady_tokens_per_s') or 0:8.1f} {r.get('steady_s_per_step') or 0:7.3f} "
+              f"{r.get('peak_allocated_mb') or 0:9.0f} {speed or 0:7.2f}  "
+              f"{('max rel ' + str(loss['max_rel_diff'])) if loss else r.get('error', '')[:100]}")
+    print(f"wrote {out_dir / 'finetune_qlora.json'} in {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":

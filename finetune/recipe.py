@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from transformers import TrainerCallback
 
 from finetune.config import FinetuneConfig
 from finetune.data import SFTData, build_sft_data, fit_to_template
+from finetune.distributed import Group
 from finetune.template import ensure_chat_template
 from harness.errors import KobenchError
 from harness.models import ADAPTER_META_FILE, ModelSpec, resolve_model
@@ -63,32 +65,38 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     """Train a LoRA/QLoRA adapter as configured, save it, then benchmark it next to its base."""
     progress = progress or (lambda *args, **info: None)
     config.validate()
-    device = config.training_device
+    group = Group()  # a group of one, unless started by `accelerate launch`
+    if not group.is_main:
+        progress = lambda *args, **info: None  # noqa: E731 - rank 0 reports for the group
+    device = group.device(config.training_device)
 
     base = choose_base_model(config)
     data = build_sft_data(config.tasks, config.data, config.seed, config.max_examples)
-    output = prepare_output_dir(config, base)
+    output = group.share(prepare_output_dir(config, base) if group.is_main else None)
     progress("status", text=f"fine-tuning {base.argument} ({config.method}, preset {config.preset}) into {output}")
     if (checkpoint := resumable_checkpoint(output)) is not None:
         progress("status", text=f"resuming the interrupted fine-tune from {checkpoint.name}")
 
-    tokenizer = load_tokenizer(base.spec, config, progress)
+    with group.main_first():  # rank 0 converts an embedded model into the cache once
+        tokenizer = load_tokenizer(base.spec, config, progress)
     template_source = ensure_chat_template(tokenizer)
     system_dropped = fit_to_template(data, tokenizer)
     progress("status", text=f"data: {len(data.train)} training / {len(data.eval)} validation examples; "
                             f"chat template: {template_source}")
 
-    model = load_training_model(base.spec, config, device, progress)
+    with group.main_first():  # ... and writes a random-weights checkpoint once
+        model = load_training_model(base.spec, config, device, progress, place=not group.fsdp)
     pad = ensure_pad_token(tokenizer, model)
-    trainer = build_trainer(model, tokenizer, data, config, output, device, progress)
+    trainer = build_trainer(model, tokenizer, data, config, output, device, progress, log=group.is_main)
 
     training = train(trainer, device)
     meta = save_adapter(trainer, tokenizer, base, data, config, output, training,
                         {"source": template_source, "template": tokenizer.chat_template,
-                         "system_turns_dropped": system_dropped}, pad)
+                         "system_turns_dropped": system_dropped}, pad, write=group.is_main, fsdp=group.fsdp)
     del trainer, model
-    if config.merge:
+    if config.merge and group.is_main:
         merge_adapter(base.spec, output, config, device, progress)
+    group.wait()  # the adapter is on disk before any rank loads it to evaluate
     result = FinetuneResult(output=str(output), base=base.argument, meta=meta)
     if config.evaluate:
         result.base_run, result.adapter_run = evaluate_adapter(base, output, config, progress)
@@ -217,9 +225,11 @@ def training_dtype(device: str) -> Any:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def load_training_model(spec: ModelSpec, config: FinetuneConfig, device: str, progress: Progress) -> Any:
+def load_training_model(spec: ModelSpec, config: FinetuneConfig, device: str, progress: Progress,
+                        place: bool = True) -> Any:
     """The base model in its training precision; for QLoRA, 4-bit NF4 weights with double quantization and bf16
-    compute, prepared for k-bit training (norms in fp32)."""
+    compute, prepared for k-bit training (norms in fp32). With place=False (LoRA under FSDP) the model stays on the
+    CPU: the Trainer shards it and moves each rank's shard to its GPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -237,7 +247,7 @@ def load_training_model(spec: ModelSpec, config: FinetuneConfig, device: str, pr
     if config.random_init and config.method == "lora":
         from transformers import AutoConfig
 
-        with torch.device(device):
+        with torch.device(device if place else "cpu"):
             model = AutoModelForCausalLM.from_config(
                 AutoConfig.from_pretrained(spec.load_path, trust_remote_code=config.trust_remote_code),
                 dtype=dtype, trust_remote_code=config.trust_remote_code)
@@ -250,7 +260,7 @@ def load_training_model(spec: ModelSpec, config: FinetuneConfig, device: str, pr
 
         # the trainer turns gradient checkpointing on itself (SFTConfig.gradient_checkpointing)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
+    elif place:
         model.to(device)
     model.config.use_cache = False  # no KV cache while training (it conflicts with gradient checkpointing)
     return model
@@ -346,11 +356,15 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
         greater_is_better=False, eval_on_start=True,
         logging_steps=config.logging_steps or max(1, total_steps // 20), logging_first_step=True,
         bf16=bf16, fp16=on_gpu and not bf16, use_cpu=not on_gpu,
+        # under DDP: every LoRA matrix gets a gradient each step, and the search for unused ones breaks with
+        # gradient checkpointing (a parameter marked ready twice)
+        ddp_find_unused_parameters=False,
         report_to="none", disable_tqdm=True, dataloader_pin_memory=on_gpu)
 
 
 def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneConfig, output: Path, device: str,
-                  progress: Progress) -> Any:
+                  progress: Progress, log: bool = True) -> Any:
+    """The SFT trainer; `log` (rank 0 of a launched group, or a plain process) writes the loss log."""
     import datasets
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
@@ -359,8 +373,9 @@ def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneCon
     datasets.disable_progress_bars()  # TRL's tokenizing passes take no time worth a bar each
 
     args = sft_config(config, output, device, len(data.train))
-    callbacks = [LossLog(output / LOSS_LOG), TrainingProgress(progress),
-                 EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
+    callbacks = [TrainingProgress(progress), EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
+    if log:
+        callbacks.insert(0, LossLog(output / LOSS_LOG))
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
                          train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
                          eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]), callbacks=callbacks)
@@ -447,7 +462,7 @@ def train(trainer: Any, device: str) -> dict[str, Any]:
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
         "train_tokens": int(tokens) or None, "tokens_per_s": round(tokens / wall, 1) if tokens and wall else None,
         "wall_s": round(wall, 1), "peak_mem_mb": round(memory.peak_mb, 1) if memory.peak_mb else None,
-        "device": device,
+        "device": device, "processes": int(os.environ.get("WORLD_SIZE", "1")),
     }
 
 
@@ -461,13 +476,20 @@ def _step_of(checkpoint: str | None) -> int | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 def save_adapter(trainer: Any, tokenizer: Any, base: BaseModel, data: SFTData, config: FinetuneConfig, output: Path,
-                 numbers: dict[str, Any], chat_template: dict[str, Any], pad: dict[str, Any]) -> dict[str, Any]:
-    """Write the adapter (the best checkpoint's weights), its tokenizer and the metadata; returns the metadata."""
+                 numbers: dict[str, Any], chat_template: dict[str, Any], pad: dict[str, Any],
+                 write: bool = True, fsdp: bool = False) -> dict[str, Any]:
+    """Write (when `write`: one process of a launched group) the adapter (the best checkpoint's weights), its
+    tokenizer and the metadata; returns the metadata. Under FSDP every rank takes part in gathering the sharded
+    adapter (the Trainer's save_model), and rank 0 writes it."""
     from harness.runner import environment_versions
 
-    # the embedding matrix travels with the adapter only when a pad token grew it
-    trainer.model.save_pretrained(output, save_embedding_layers=bool(pad.get("embedding_rows")))
-    tokenizer.save_pretrained(output)
+    if fsdp:
+        trainer.save_model(str(output))
+    if write:
+        # the embedding matrix travels with the adapter only when a pad token grew it
+        if not fsdp:
+            trainer.model.save_pretrained(output, save_embedding_layers=bool(pad.get("embedding_rows")))
+        tokenizer.save_pretrained(output)
     spec = base.spec
     training = {
         "method": config.method, "preset": config.preset,
@@ -495,8 +517,9 @@ def save_adapter(trainer: Any, tokenizer: Any, base: BaseModel, data: SFTData, c
         "versions": environment_versions(),
         "created_at": datetime.now().isoformat(timespec="seconds"),
     }
-    (output / ADAPTER_META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False, default=str),
-                                            encoding="utf-8")
+    if write:
+        (output / ADAPTER_META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False, default=str),
+                                                encoding="utf-8")
     return meta
 
 

@@ -125,6 +125,11 @@ def finetune_command(
     config.validate()  # a user mistake ends here, before the training libraries and the model load
     from finetune.recipe import finetune
 
+    from harness.multigpu import is_main_process
+
+    if not is_main_process():  # one of an `accelerate launch` group: rank 0 draws and prints for the group
+        finetune(config)
+        return
     console = Console(stderr=as_json)
     with TrainingDisplay(console) as display:
         result = finetune(config, progress=display)
