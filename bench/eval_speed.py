@@ -644,6 +644,8 @@ def run_side(side: str, plan_path: Path, model_name: str, log: Path) -> dict[str
         handle.flush()
         proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
     print(f"  {side:8s} {time.perf_counter() - began:7.1f} s  (exit {proc.returncode})", flush=True)
+    if result_path.exists():  # kept beside the log: a run cut short by a time limit keeps its finished sides
+        shutil.copy(result_path, log.parent / result_path.name)
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         print(tail, flush=True)
@@ -784,7 +786,12 @@ def main(argv: list[str] | None = None) -> int:
                 build = run_side("build", plan_path, model["name"], log)
                 stock = run_side("stock", plan_path, model["name"], log)
                 kobench = run_side("kobench", plan_path, model["name"], log)
-                also = run_side("profile", plan_path, model["name"], log) if args.also_hardware else None
+                also = None
+                if args.also_hardware:
+                    try:
+                        also = run_side("profile", plan_path, model["name"], log)
+                    except SideFailed as exc:  # the comparison above stands on its own
+                        also = {"profile": args.also_hardware, "status": "side failed", "error": str(exc)[-600:]}
             except SideFailed as exc:
                 report["failed"].append(str(exc))
                 continue
