@@ -263,8 +263,6 @@ def run_side(side: str, plan_path: Path, args: argparse.Namespace, log: Path) ->
         config = Path(__file__).resolve().parent.parent / "configs" / "accelerate" / "ddp.yaml"
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                    "--num_processes", str(args.gpus), "--main_process_port", str(free_port())]
-        if not plan["device"].startswith("cuda"):
-            command += ["--cpu"]
         command += me
     else:
         command = [sys.executable, *me]
@@ -272,7 +270,9 @@ def run_side(side: str, plan_path: Path, args: argparse.Namespace, log: Path) ->
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"\n===== {side} =====\n")
         handle.flush()
-        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
+        # on a CPU the launched ranks join over gloo (the config's MULTI_GPU picks torchrun's launcher)
+        env = {**os.environ, **({} if plan["device"].startswith("cuda") else {"ACCELERATE_USE_CPU": "true"})}
+        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     print(f"  {side:14s} {time.perf_counter() - began:7.1f} s  (exit {proc.returncode})", flush=True)
     result_path = Path(plan["work"]) / f"{side}.json"
     if proc.returncode != 0 or not result_path.exists():

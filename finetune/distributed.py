@@ -24,9 +24,13 @@ class Group:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.state: Any = None
         if self.world_size > 1:
+            import torch
             from accelerate import PartialState
 
-            self.state = PartialState()  # joins the process group accelerate launch set up (NCCL, or gloo on CPU)
+            # joins the process group accelerate launch set up: NCCL, or gloo on CPUs (which accelerate joins only
+            # when told it is on CPUs)
+            cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.cuda.is_available()
+            self.state = PartialState(cpu=cpu)
 
     @property
     def is_main(self) -> bool:

@@ -84,8 +84,10 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     progress("status", text=f"data: {len(data.train)} training / {len(data.eval)} validation examples; "
                             f"chat template: {template_source}")
 
-    with group.main_first():  # ... and writes a random-weights checkpoint once
-        model = load_training_model(base.spec, config, device, progress, place=not group.fsdp)
+    if config.random_init and config.method == "qlora":
+        with group.main_first():  # ... and writes a random-weights checkpoint (benchmarks) once
+            random_checkpoint(base.spec.load_path, device, progress)
+    model = load_training_model(base.spec, config, device, progress, place=not group.fsdp)
     pad = ensure_pad_token(tokenizer, model)
     trainer = build_trainer(model, tokenizer, data, config, output, device, progress, log=group.is_main)
 
