@@ -344,7 +344,7 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
     checkpointing = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
                      else "gradient_checkpointing")
-    return SFTConfig(
+    args = SFTConfig(
         output_dir=str(output / "checkpoints"), seed=config.seed, data_seed=config.seed,
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
@@ -362,6 +362,12 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
         # gradient checkpointing (a parameter marked ready twice)
         ddp_find_unused_parameters=False,
         report_to="none", disable_tqdm=True, dataloader_pin_memory=on_gpu)
+    if on_gpu and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # one process with several GPUs visible: the Trainer would wrap the model in nn.DataParallel, which TRL
+        # refuses; kobench trains on the one GPU it placed the model on (several GPUs: `accelerate launch`, DDP)
+        _ = args.device  # sets the Trainer's own GPU count first
+        args._n_gpu = 1
+    return args
 
 
 def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneConfig, output: Path, device: str,

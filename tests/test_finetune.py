@@ -421,6 +421,53 @@ def test_finetune_end_to_end(eos_padded_model: Path, other_tiny_model: Path, use
     assert session.history[-1]["role"] == "assistant"
 
 
+def test_finetune_under_accelerate_launch_ddp(eos_padded_model: Path, use_sft_tasks: Path, tmp_path: Path) -> None:
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml -m harness finetune` on 2 CPU processes (gloo):
+    both ranks train on their share of each batch, rank 0 alone writes the adapter, the loss log and the store,
+    and both reach the evaluation that follows (data-parallel, rank 0 writing)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    db, output = tmp_path / "results.db", tmp_path / "adapter"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port",
+               "29561", "-m", "harness", "finetune", "--model", str(eos_padded_model), "--task", "ko_sft_mc,ko_sft_gen",
+               "--preset", "fast", "--batch-size", "1", "--max-steps", "3", "--eval-steps", "3", "--max-length", "128", "--limit", "2",
+               "--device", "cpu", "--output", str(output), "--db", str(db), "--json"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 prints; rank 1 prints nothing
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1
+
+    meta = json.loads((output / ADAPTER_META_FILE).read_text())
+    training = meta["training"]
+    assert training["processes"] == 2 and training["steps"] == 3
+    # 15 training examples shared by 2 ranks (8 each, the sampler pads), batch 1: an epoch is 8 steps, not 15
+    assert training["epochs"] == pytest.approx(3 / 8, abs=1e-3)
+    from finetune.recipe import LOSS_LOG
+
+    with open(output / LOSS_LOG, encoding="utf-8") as handle:
+        train_steps = [int(r["step"]) for r in csv.DictReader(handle) if r["train_loss"]]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 3  # one writer: no doubled rows
+
+    assert report["adapter_run"]["status"] == report["base_run"]["status"] == "done"
+    assert report["adapter_run"]["n"] == {"ko_sft_mc": 2, "ko_sft_gen": 2}
+    store = open_store(db, readonly=True)
+    try:
+        with store.session() as session:
+            from harness.store.schema import Run
+
+            runs = session.scalars(select(Run)).all()
+            assert sorted(r.status for r in runs) == ["done", "done"]  # one base run, one adapter run
+            assert len(session.scalars(select(Model).where(Model.kind == "adapter")).all()) == 1
+    finally:
+        store.dispose()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The CLI: one error line, exit code 2
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,3 +500,18 @@ def test_cli_qlora_without_cuda() -> None:
                                    "--method", "qlora"))
     assert line.startswith("error: --method qlora: QLoRA trains on a 4-bit (bitsandbytes NF4) base, which needs a "
                            "CUDA GPU")
+
+
+def test_one_process_with_several_gpus_trains_on_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without `accelerate launch`, two visible GPUs would make the Trainer wrap the model in nn.DataParallel (TRL
+    refuses it, as seen on a 2-GPU machine); kobench's trainer arguments keep it on one GPU. CUDA is faked here."""
+    from finetune.recipe import sft_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    config = FinetuneConfig.from_preset("fast", model="m", tasks=["ko_context_inference"], device="cuda")
+    args = sft_config(config, tmp_path, "cuda", n_train=10)
+    assert args.n_gpu == 1 and args.bf16
