@@ -366,7 +366,8 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         began = time.perf_counter()
         result = run(config)
         wall = time.perf_counter() - began
-    out = {**rec.to_dict(), "wall_s": wall, "eval_wall_s": result.wall_s, "status": result.status,
+    # a copy: the control below goes through the same recorded entry points, and its calls are not the run's
+    out = {**json.loads(json.dumps(rec.to_dict())), "wall_s": wall, "eval_wall_s": result.wall_s, "status": result.status,
            "error": result.error, "scores": result.scores, "peak_allocated_mb": result.peak_mem_mb,
            "nvml_peak_used_mb": _memory_figures(memory).get("nvml_peak_used_mb"),
            "peak_rss_mb": _memory_figures(memory).get("peak_rss_mb"),
