@@ -41,6 +41,11 @@ class Group:
         """Launched with an FSDP accelerate config: the Trainer shards and places the model itself."""
         return self.world_size > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
+    @property
+    def kind(self) -> str | None:
+        """How the launched group trains (recorded with the adapter): fsdp, ddp, or None for one process."""
+        return None if self.world_size <= 1 else ("fsdp" if self.fsdp else "ddp")
+
     def device(self, device: str) -> str:
         """Each launched process trains on its own GPU: cuda becomes cuda:LOCAL_RANK."""
         return f"cuda:{self.local_rank}" if self.world_size > 1 and device == "cuda" else device

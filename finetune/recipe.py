@@ -91,7 +91,7 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     pad = ensure_pad_token(tokenizer, model)
     trainer = build_trainer(model, tokenizer, data, config, output, device, progress, log=group.is_main)
 
-    training = train(trainer, device)
+    training = {**train(trainer, device), "parallel": group.kind}
     meta = save_adapter(trainer, tokenizer, base, data, config, output, training,
                         {"source": template_source, "template": tokenizer.chat_template,
                          "system_turns_dropped": system_dropped}, pad, write=group.is_main, fsdp=group.fsdp)

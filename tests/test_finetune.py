@@ -445,7 +445,7 @@ def test_finetune_under_accelerate_launch_ddp(eos_padded_model: Path, use_sft_ta
 
     meta = json.loads((output / ADAPTER_META_FILE).read_text())
     training = meta["training"]
-    assert training["processes"] == 2 and training["steps"] == 3
+    assert training["processes"] == 2 and training["steps"] == 3 and training["parallel"] == "ddp"
     # 15 training examples shared by 2 ranks (8 each, the sampler pads), batch 1: an epoch is 8 steps, not 15
     assert training["epochs"] == pytest.approx(3 / 8, abs=1e-3)
     from finetune.recipe import LOSS_LOG
@@ -500,6 +500,42 @@ def test_cli_qlora_without_cuda() -> None:
                                    "--method", "qlora"))
     assert line.startswith("error: --method qlora: QLoRA trains on a 4-bit (bitsandbytes NF4) base, which needs a "
                            "CUDA GPU")
+
+
+def test_finetune_lora_under_fsdp_saves_the_whole_adapter(eos_padded_model: Path, tmp_path: Path) -> None:
+    """`configs/accelerate/fsdp_lora.yaml` on 2 CPU processes (gloo): the model is left for FSDP to shard, and the
+    saved adapter holds whole LoRA matrices (gathered from both shards), loadable on its base."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from tests.conftest import REPO
+
+    data = tmp_path / "chat.jsonl"
+    _write_jsonl(data, [{"messages": [{"role": "user", "content": f"{i} 더하기 {i}는?"},
+                                      {"role": "assistant", "content": f"{2 * i}입니다."}]} for i in range(12)])
+    output = tmp_path / "adapter"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "fsdp_lora.yaml"), "--num_processes", "2",
+               "--main_process_port", "29562", "-m", "harness", "finetune", "--model", str(eos_padded_model),
+               "--data", str(data), "--method", "lora", "--batch-size", "1", "--max-steps", "2", "--eval-steps", "2",
+               "--max-length", "64", "--no-eval", "--device", "cpu", "--output", str(output)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((output / ADAPTER_META_FILE).read_text())
+    assert meta["training"]["parallel"] == "fsdp" and meta["training"]["processes"] == 2
+    shape = json.loads((eos_padded_model / "config.json").read_text())
+    with safe_open(str(output / "adapter_model.safetensors"), framework="pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    down = next(v for k, v in shapes.items() if k.endswith("layers.0.mlp.down_proj.lora_A.weight"))
+    assert down == [16, shape["intermediate_size"]]  # r x in_features, whole: not half of it
+    spec = resolve_model(str(eos_padded_model), str(output))
+    from harness.models import load_model
+
+    load_model(spec, "cpu")  # the adapter loads on its base
 
 
 def test_one_process_with_several_gpus_trains_on_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
