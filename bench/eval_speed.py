@@ -367,7 +367,8 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         result = run(config)
         wall = time.perf_counter() - began
     # a copy: the control below goes through the same recorded entry points, and its calls are not the run's
-    out = {**json.loads(json.dumps(rec.to_dict())), "wall_s": wall, "eval_wall_s": result.wall_s, "status": result.status,
+    out = {**json.loads(json.dumps(rec.to_dict())), "wall_s": wall, "eval_wall_s": result.wall_s,
+           "status": result.status,
            "error": result.error, "scores": result.scores, "peak_allocated_mb": result.peak_mem_mb,
            "nvml_peak_used_mb": _memory_figures(memory).get("nvml_peak_used_mb"),
            "peak_rss_mb": _memory_figures(memory).get("peak_rss_mb"),
@@ -680,7 +681,8 @@ def print_table(report: dict[str, Any]) -> None:
         also = m.get("also_hardware")
         if also:
             peaks = ", ".join(f"{t['task']} {t['status']} {t['peak_allocated_mb'] or 0:.0f}/"
-                              f"{(t['estimate'] or {}).get('total_bytes', 0) / 2**20:.0f}" for t in also.get("tasks", []))
+                              f"{(t['estimate'] or {}).get('total_bytes', 0) / 2**20:.0f}"
+                              for t in also.get("tasks", []))
             print(f"  under {also['profile']}: {also['status']} (NVML peak {also.get('nvml_peak_used_mb') or 0:.0f} "
                   f"MiB){'; ' + peaks + ' (peak/estimate MiB)' if peaks else ''}"
                   f"{'; ' + (also.get('error') or '')[:160] if also.get('error') else ''}")

@@ -381,9 +381,9 @@ def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneCon
     datasets.disable_progress_bars()  # TRL's tokenizing passes take no time worth a bar each
 
     args = sft_config(config, output, device, len(data.train))
-    callbacks = [TrainingProgress(progress), EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
-    if log:
-        callbacks.insert(0, LossLog(output / LOSS_LOG))
+    callbacks = [LossLog(output / LOSS_LOG)] if log else []
+    callbacks += [TrainingProgress(progress),
+                  EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
                          train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
                          eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]), callbacks=callbacks)
