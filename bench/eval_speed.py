@@ -220,6 +220,10 @@ def side_build(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     built = time.perf_counter()
     llm.save_pretrained(model["dir"])
     tokenizer.save_pretrained(model["dir"])
+    if plan.get("attn"):  # both sides load from this folder: the attention kernel travels in its config
+        config_path = Path(model["dir"]) / "config.json"
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        config_path.write_text(json.dumps({**saved, "attn_implementation": plan["attn"]}, indent=1), encoding="utf-8")
     out = {"n_params": sum(p.numel() for p in llm.parameters()), "build_s": built - began,
            "save_s": time.perf_counter() - built}
     del llm
@@ -708,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-hardware", default=None,
                         help="then run kobench alone once more under this profile (e.g. t4-16gb): statuses, "
                              "estimates and peaks per task")
+    parser.add_argument("--attn", default=None,
+                        help="attention kernel of both sides (eager is bit-reproducible; default: transformers' own)")
     parser.add_argument("--also-quantize", default=None, help="--quantize for that run (auto, int8, nf4)")
     parser.add_argument("--stock-batch-size", default="auto",
                         help="stock lm-eval's batch_size (default auto; on a CPU pass 1, lm-eval's own default: "
@@ -769,10 +775,11 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks_dir": str(work / "tasks"), "tokenizer_dir": str(work / "tokenizer"), "hardware": hardware,
                 "stock_batch_size": args.stock_batch_size, "bootstrap_iters": args.bootstrap_iters,
                 "control_items": args.control_items, "also_hardware": args.also_hardware,
-                "also_quantize": args.also_quantize, "models": models}
+                "also_quantize": args.also_quantize, "attn": args.attn, "models": models}
         plan_path = work / "plan.json"
         plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
         report: dict[str, Any] = {"device": device, "hardware_profile": hardware, "items_per_task": items,
+                                  "attn": args.attn or "default",
                                   "max_gen_toks": max_gen_toks or "each task's own", "tasks": task_names,
                                   "stock_batch_size": args.stock_batch_size, "models": [], "failed": [],
                                   "versions": _versions(), "command": " ".join(sys.argv)}
