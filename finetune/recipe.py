@@ -91,7 +91,7 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     pad = ensure_pad_token(tokenizer, model)
     trainer = build_trainer(model, tokenizer, data, config, output, device, progress, log=group.is_main)
 
-    training = {**train(trainer, device), "parallel": group.kind}
+    training = {**train(trainer, device), "processes": group.world_size, "parallel": group.kind}
     meta = save_adapter(trainer, tokenizer, base, data, config, output, training,
                         {"source": template_source, "template": tokenizer.chat_template,
                          "system_turns_dropped": system_dropped}, pad, write=group.is_main, fsdp=group.fsdp)
@@ -470,7 +470,7 @@ def train(trainer: Any, device: str) -> dict[str, Any]:
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
         "train_tokens": int(tokens) or None, "tokens_per_s": round(tokens / wall, 1) if tokens and wall else None,
         "wall_s": round(wall, 1), "peak_mem_mb": round(memory.peak_mb, 1) if memory.peak_mb else None,
-        "device": device, "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "device": device,
     }
 
 
