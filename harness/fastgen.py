@@ -50,6 +50,8 @@ class BucketStats:
     prefill_s: float
     decode_s: float
     oom_retries: int = 0
+    decode: str = "generate"  # generate (model.generate), graph (static cache, CUDA graph) or static (no graph)
+    capture_s: float = 0.0  # recording the CUDA graph (in neither prefill_s nor decode_s)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +178,7 @@ def _max_gen_toks(lm: Any, gen_kwargs: dict[str, Any]) -> int:
 
 def _generate_bucket(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any]) -> tuple[list[str], BucketStats]:
     """One batch, line for line what HFLM.generate_until does with a chunk (lm-eval 0.4.13), timed."""
-    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
     from transformers import LogitsProcessorList
 
     kwargs = normalize_gen_kwargs(dict(gen_kwargs), lm.max_gen_toks)
@@ -190,29 +192,73 @@ def _generate_bucket(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any]) -
                                                   truncation=lm.truncation)
     context_enc, attn_masks = context_enc.to(lm.device), attn_masks.to(lm.device)
     max_length = kwargs.pop("max_length", context_enc.shape[1] + max_gen_toks)
-    clock = _FirstTokenClock(str(lm.device))
-    start = time.perf_counter()
-    cont = lm._model_generate(context=context_enc, attention_mask=attn_masks, stop=until, max_length=max_length,
-                              logits_processor=LogitsProcessorList([clock]), **kwargs)
-    cont_toks_list = cont.tolist()  # waits for the GPU
-    end = time.perf_counter()
-    first = clock.first_at or end
+    path = decode_path(lm, kwargs)
+    if path == "generate":
+        clock = _FirstTokenClock(str(lm.device))
+        start = time.perf_counter()
+        cont = lm._model_generate(context=context_enc, attention_mask=attn_masks, stop=until, max_length=max_length,
+                                  logits_processor=LogitsProcessorList([clock]), **kwargs)
+        cont_toks_list = cont.tolist()  # waits for the GPU
+        end = time.perf_counter()
+        first = clock.first_at or end
+        prefill_s, decode_s, capture_s = first - start, end - first, 0.0
+    else:
+        from lm_eval.models.utils_hf import stop_sequences_criteria
+
+        from harness.staticdecode import BucketDecode
+
+        decoder = BucketDecode(lm.model, context_enc, attn_masks, max_length,
+                               stop_sequences_criteria(lm.tokenizer, until, context_enc.shape[1], len(contexts)),
+                               lm.tokenizer.pad_token_id, capture=path == "graph")
+        cont = decoder.run()
+        cont_toks_list = cont.tolist()
+        prefill_s, decode_s, capture_s = decoder.prefill_s, decoder.decode_s, decoder.capture_s
+        if path == "graph" and not decoder.captured and cont.shape[1] - context_enc.shape[1] > 2:
+            lm.kobench_graph_failed = f"CUDA graph capture failed ({decoder.capture_error}); model.generate from here"
+            path = "static"
     prompt_len = context_enc.shape[1]
-    texts = []
-    for cont_toks in cont_toks_list:
-        cont_toks = cont_toks[prompt_len:]
-        if isinstance(lm.think_end_token, int):
-            marks = [i for i, token in enumerate(cont_toks) if token == lm.think_end_token]
-            if marks:
-                cont_toks = cont_toks[marks[-1] + 1:]
-        text = lm.tok_decode(cont_toks)
-        if isinstance(lm.think_end_token, int):
-            text = text.lstrip()
-        texts.append(postprocess_generated_text(generation=text, stop=until, think_end_token=lm.think_end_token
-                                                if isinstance(lm.think_end_token, str) else None))
+    texts = [_text_of(lm, cont_toks[prompt_len:], until) for cont_toks in cont_toks_list]
     bucket = BucketStats(batch=len(contexts), prompt_tokens=prompt_len, new_tokens=cont.shape[1] - prompt_len,
-                         prefill_s=first - start, decode_s=end - first)
+                         prefill_s=prefill_s, decode_s=decode_s, decode=path, capture_s=capture_s)
     return texts, bucket
+
+
+def _text_of(lm: Any, cont_toks: list[int], until: list[str]) -> str:
+    """One row's new tokens as HFLM.generate_until turns them into the answer text (think tokens, stops)."""
+    from lm_eval.models.utils import postprocess_generated_text
+
+    if isinstance(lm.think_end_token, int):
+        marks = [i for i, token in enumerate(cont_toks) if token == lm.think_end_token]
+        if marks:
+            cont_toks = cont_toks[marks[-1] + 1:]
+    text = lm.tok_decode(cont_toks)
+    if isinstance(lm.think_end_token, int):
+        text = text.lstrip()
+    return postprocess_generated_text(generation=text, stop=until, think_end_token=lm.think_end_token
+                                      if isinstance(lm.think_end_token, str) else None)
+
+
+DECODE_MODES = ("auto", "graph", "generate")
+
+
+def decode_path(lm: Any, kwargs: dict[str, Any]) -> str:
+    """How a bucket decodes: lm.kobench_decode is auto (graph on a CUDA device, generate elsewhere), graph,
+    generate, or static (the graph path's loop without capture: tests on the CPU). A bucket the static loop cannot
+    reproduce (sampling, sliding windows, ...) uses model.generate, and lm.kobench_decode_notes says why; after a
+    failed capture (lm.kobench_graph_failed) the rest of the run does."""
+    from harness import staticdecode
+
+    mode = getattr(lm, "kobench_decode", "auto")
+    on_cuda = str(lm.device).startswith("cuda")
+    if mode == "generate" or (mode == "auto" and not on_cuda) or getattr(lm, "kobench_graph_failed", None):
+        return "generate"
+    reason = staticdecode.blocker(lm, kwargs)
+    if reason is None and mode == "graph" and not on_cuda:
+        reason = "CUDA graphs need a CUDA device"
+    if reason is not None:
+        lm.kobench_decode_notes = getattr(lm, "kobench_decode_notes", set()) | {f"model.generate: {reason}"}
+        return "generate"
+    return "static" if mode == "static" else "graph"
 
 
 class _FirstTokenClock:

@@ -258,9 +258,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str, **hf_kwargs: Any) -> Any:
+def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str, decode: str = "auto", **hf_kwargs: Any) -> Any:
     """lm-eval's HF backend around an already-loaded model (or a path lm-eval loads itself, with `hf_kwargs` such
-    as parallelize=True), counting tokens and time per request type."""
+    as parallelize=True), counting tokens and time per request type; `decode` picks fastgen's decode path."""
     from lm_eval.models.huggingface import HFLM
 
     from harness import fastgen
@@ -290,6 +290,7 @@ def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str, **hf_kwarg
     if batch_size == "auto" and not device.startswith("cuda"):
         batch_size = str(CPU_DEFAULT_BATCH)  # lm-eval's auto probe runs max-length forwards: minutes on a CPU
     lm = KobenchLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, **hf_kwargs)
+    lm.kobench_decode = decode
     lm.reset_counters()
     return lm
 

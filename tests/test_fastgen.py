@@ -208,3 +208,71 @@ def test_unreadable_shape_falls_back_to_fixed_buckets(kobench_lm: Any, stock_out
     outputs, buckets = fastgen.generate_until(kobench_lm, make_requests(), disable_tqdm=True, free_bytes=lambda: 1)
     assert outputs == stock_outputs
     assert [b.batch for b in buckets] == [6, 6]
+
+
+# --- the static-cache decode loop (harness/staticdecode.py); on a GPU the same loop is replayed as a CUDA graph ---
+
+def _static_lm(model_dir: Path, attention: str = "sdpa") -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.runner import make_lm
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32", attn_implementation=attention).eval()
+    return make_lm(model, AutoTokenizer.from_pretrained(model_dir), "8", "cpu", decode="static")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # a boolean 4D mask and an additive one
+def test_static_decode_matches_stock_item_by_item(tiny_model: Path, kobench_lm: Any, stock_outputs: list[str],
+                                                  attention: str) -> None:
+    lm = _static_lm(tiny_model, attention)
+    outputs, buckets = fastgen.generate_until(lm, make_requests(), disable_tqdm=True)
+    assert outputs == stock_outputs
+    assert [b.decode for b in buckets] == ["static", "static"]
+    # the loop stops where generate stops: the same number of new tokens in every bucket
+    _, generated = fastgen.generate_until(kobench_lm, make_requests(), disable_tqdm=True)
+    assert [b.new_tokens for b in buckets] == [b.new_tokens for b in generated]
+
+
+def test_static_decode_pads_after_eos_as_generate_does(tiny_model: Path) -> None:
+    """Rows that emit an EOS of the generation config finish early (pad from then on); the batch goes on."""
+    from collections import Counter
+
+    from lm_eval.models.huggingface import HFLM
+
+    lm = _static_lm(tiny_model)
+    requests = make_requests()
+    for request in requests:
+        request.args[1]["until"] = ["@@@"]  # no stop sequence: only EOS and max_gen_toks end a row
+    # the token the tiny model writes most often becomes its EOS, so some rows end early and others not
+    lm.kobench_decode = "generate"
+    plain = fastgen.generate_until(lm, requests, disable_tqdm=True)[0]
+    context, mask = lm.tok_batch_encode([r.args[0] for r in requests])
+    written = lm.model.generate(input_ids=context, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                                pad_token_id=lm.tokenizer.pad_token_id)[:, context.shape[1]:]
+    lm.model.generation_config.eos_token_id = Counter(written.flatten().tolist()).most_common(1)[0][0]
+    stock = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=1, device="cpu")
+    expected = stock.generate_until(requests, disable_tqdm=True)
+    lm.kobench_decode = "static"
+    outputs, buckets = fastgen.generate_until(lm, requests, disable_tqdm=True)
+    assert outputs == expected
+    assert sum(len(a) < len(b) for a, b in zip(expected, plain)) >= 2  # EOS did end rows early
+    assert all(b.decode == "static" for b in buckets)
+
+
+def test_decode_path_choice(tiny_model: Path, kobench_lm: Any) -> None:
+    lm = _static_lm(tiny_model)
+    greedy = {"do_sample": False}
+    assert fastgen.decode_path(lm, greedy) == "static"
+    assert fastgen.decode_path(lm, {"do_sample": True, "temperature": 0.7}) == "generate"
+    assert fastgen.decode_path(lm, {"num_beams": 4}) == "generate"
+    lm.model.generation_config.repetition_penalty = 1.3
+    assert fastgen.decode_path(lm, greedy) == "generate"
+    assert "model.generate: generation_config.repetition_penalty=1.3" in lm.kobench_decode_notes
+    # auto: CUDA graphs on a CUDA device only; asking for graphs on a CPU notes why it used generate
+    assert kobench_lm.kobench_decode == "auto" and fastgen.decode_path(kobench_lm, greedy) == "generate"
+    kobench_lm.kobench_decode = "graph"
+    try:
+        assert fastgen.decode_path(kobench_lm, greedy) == "generate"
+        assert "model.generate: CUDA graphs need a CUDA device" in kobench_lm.kobench_decode_notes
+    finally:
+        kobench_lm.kobench_decode = "auto"
