@@ -52,6 +52,9 @@ class FinetuneConfig:
     learning_rate: float = 1e-4
     batch_size: int = 2
     grad_accum: int = 1
+    # the most tokens in one forward pass: each step's batch_size x grad_accum examples are packed padding-free into
+    # passes of at most this many tokens (None: finetune.packing.default_batch_tokens; 0: trl's padded micro-batches)
+    batch_tokens: int | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -127,6 +130,9 @@ class FinetuneConfig:
                             "--max-examples": self.max_examples, "--eval-limit": self.eval_limit}.items():
             if value is not None and value < 1:
                 raise KobenchError(f"{flag} {value}: must be 1 or more (or leave it out)")
+        if self.batch_tokens is not None and self.batch_tokens < 0:
+            raise KobenchError(f"--batch-tokens {self.batch_tokens}: must be a number of tokens per forward pass, or 0 "
+                               "for trl's padded micro-batches")
         if not 0 <= self.lora_dropout < 1:
             raise KobenchError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
         if self.neftune_alpha is not None and self.neftune_alpha <= 0:

@@ -328,7 +328,9 @@ def lora_config(config: FinetuneConfig) -> Any:
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) -> Any:
+def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int, batching: Any = None) -> Any:
+    """trl's arguments for the run; `batching` (finetune.packing.BatchingPlan) sets the per-device batch and the
+    accumulation (packed: the whole step in one batch, which the trainer splits into passes itself)."""
     import torch
     from trl import SFTConfig
 
@@ -347,8 +349,10 @@ def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int) 
     args = SFTConfig(
         output_dir=str(output / "checkpoints"), seed=config.seed, data_seed=config.seed,
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+        per_device_train_batch_size=batching.batch_size if batching else config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=batching.grad_accum if batching else config.grad_accum,
+        learning_rate=config.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
         # the data: conversational prompt-completion, loss on the completion (answer + end of turn) only
         max_length=config.max_length, completion_only_loss=True, packing=False,
@@ -376,17 +380,23 @@ def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneCon
     import datasets
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
+
+    from finetune.packing import KobenchSFTTrainer, plan_batching, use_packed_attention
 
     datasets.disable_progress_bars()  # TRL's tokenizing passes take no time worth a bar each
 
-    args = sft_config(config, output, device, len(data.train))
+    batching = plan_batching(model, config)
+    if batching.packed:
+        use_packed_attention(model)
+    progress("status", text=batching.describe())
+    args = sft_config(config, output, device, len(data.train), batching)
     callbacks = [LossLog(output / LOSS_LOG)] if log else []
     callbacks += [TrainingProgress(progress),
                   EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
-                         train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
-                         eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]), callbacks=callbacks)
+    trainer = KobenchSFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(config),
+                                train_dataset=Dataset.from_list([e.to_record() for e in data.train]),
+                                eval_dataset=Dataset.from_list([e.to_record() for e in data.eval]),
+                                callbacks=callbacks, batching=batching)
     trainer.remove_callback(PrinterCallback)  # TrainingProgress reports the losses
     return trainer
 
@@ -470,7 +480,7 @@ def train(trainer: Any, device: str) -> dict[str, Any]:
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
         "train_tokens": int(tokens) or None, "tokens_per_s": round(tokens / wall, 1) if tokens and wall else None,
         "wall_s": round(wall, 1), "peak_mem_mb": round(memory.peak_mb, 1) if memory.peak_mb else None,
-        "device": device,
+        "device": device, "batching": trainer.batching_record(),
     }
 
 
@@ -502,8 +512,8 @@ def save_adapter(trainer: Any, tokenizer: Any, base: BaseModel, data: SFTData, c
     training = {
         "method": config.method, "preset": config.preset,
         "hyperparameters": {k: getattr(config, k) for k in (
-            "epochs", "learning_rate", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout",
-            "max_length", "max_steps", "warmup_ratio", "neftune_alpha", "seed")},
+            "epochs", "learning_rate", "batch_size", "grad_accum", "batch_tokens", "lora_r", "lora_alpha",
+            "lora_dropout", "max_length", "max_steps", "warmup_ratio", "neftune_alpha", "seed")},
         "data": {"tasks": config.tasks, "file": config.data, "hashes": data.hashes(), "n_train": len(data.train),
                  "n_eval": len(data.eval)},
         "chat_template": chat_template["source"], **numbers,

@@ -84,6 +84,11 @@ def finetune_command(
         lr: Annotated[float | None, typer.Option("--lr", help="Learning rate; overrides the preset")] = None,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Overrides the preset")] = None,
         grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Gradient accumulation steps")] = None,
+        batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Pack each step's batch-size x "
+                                                         "grad-accum examples without padding into forward passes "
+                                                         "of at most N tokens (default: min(batch size x max "
+                                                         "length, max(4096, max length))); 0: trl's padded "
+                                                         "micro-batches")] = None,
         lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; overrides the preset")] = None,
         lora_alpha: Annotated[int | None, typer.Option("--lora-alpha")] = None,
         lora_dropout: Annotated[float | None, typer.Option("--lora-dropout")] = None,
@@ -116,8 +121,8 @@ def finetune_command(
 
     config = FinetuneConfig.from_preset(
         preset, model=model, top=top, tasks=split_csv(task), data=data, method=method, hardware=hardware,
-        epochs=epochs, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length, max_steps=max_steps,
+        epochs=epochs, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum, batch_tokens=batch_tokens,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length, max_steps=max_steps,
         max_examples=max_examples, eval_steps=eval_steps, neftune_alpha=neftune_alpha, liger=liger,
         gradient_checkpointing=gradient_checkpointing, output=output,
         merge=merge, evaluate=not no_eval, eval_tasks=split_csv(eval_tasks), eval_limit=eval_limit, device=device,

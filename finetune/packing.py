@@ -1,0 +1,261 @@
+"""Padding-free token-budget batches: how `kobench finetune` runs the examples of one optimizer step.
+
+`--batch-size B --grad-accum A` means B x A examples per optimizer step, in the sampler's order, as with trl's padded
+micro-batches. kobench keeps those examples and that loss, and changes only how they reach the model: the step's
+examples are concatenated into one row with no padding (trl's `DataCollatorForLanguageModeling(padding_free=True)`:
+position_ids restart at 0 for each example, the first label of each example is ignored), and the row is cut at
+example boundaries into forward passes of at most `--batch-tokens` tokens. Each pass's loss is divided by the
+completion tokens of the whole step (transformers' `num_items_in_batch`), so the passes' gradients add up to the
+gradient of the padded step: the mean over all the step's completion tokens.
+
+Attention never crosses examples: transformers builds a block-diagonal mask from the restarting position_ids, and
+for sdpa kobench runs attention one example at a time within that mask (`packed_sdpa_attention`), so the cost stays
+that of the separate examples instead of growing with the square of the pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+PACKED_SDPA = "kobench_packed_sdpa"
+# attention implementations that take packed rows: transformers turns restarting position_ids into a block-diagonal
+# mask for sdpa, eager and flex, and flash attention reads the examples' bounds (cu_seq_lens) itself
+PACKABLE_ATTENTION = ("sdpa", PACKED_SDPA, "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+# The default pass size. A pass never holds more than one padded micro-batch of the user's could (batch_size x
+# max_length), so packing never asks for more memory than --batch-size did; and at most 4,096 tokens (unless one
+# example may be longer): with gradient checkpointing, QLoRA of a 7.8B model keeps about 0.5 MiB a token of fp32
+# residual checkpoints (prepare_model_for_kbit_training leaves the embeddings in fp32) plus one layer's recomputed
+# activations, roughly 0.9 MiB a token in all, so 4,096 tokens stay near 10.5 GiB next to ~6.9 GiB of weights and
+# optimizer state: under a 12 GiB card's budget, while a pass is still thousands of tokens long, enough for the
+# matrix multiplications to run near their full rate.
+DEFAULT_BATCH_TOKENS = 4096
+
+
+@dataclass
+class BatchingPlan:
+    """How a fine-tune's optimizer steps reach the model: packed padding-free passes, or trl's padded batches."""
+
+    packed: bool
+    examples_per_step: int  # per process: batch_size x grad_accum
+    batch_size: int  # the trainer's per-device batch: the whole step when packed
+    grad_accum: int  # the trainer's accumulation steps: 1 when packed (kobench splits the step itself)
+    batch_tokens: int | None  # packed: the most tokens in one forward pass
+    attention: str
+    reason: str  # why padded (a fallback), or what packing runs on
+
+    def describe(self) -> str:
+        if self.packed:
+            return (f"batching: each step's {self.examples_per_step} examples packed without padding into forward "
+                    f"passes of at most {self.batch_tokens} tokens ({self.reason})")
+        return (f"batching: trl's padded micro-batches of {self.batch_size} x {self.grad_accum} accumulation steps, "
+                f"not packed: {self.reason}")
+
+    def to_record(self) -> dict[str, Any]:
+        return {"kind": "padding-free" if self.packed else "padded", "examples_per_step": self.examples_per_step,
+                "batch_tokens": self.batch_tokens, "attention": self.attention, "reason": self.reason}
+
+
+def default_batch_tokens(batch_size: int, max_length: int) -> int:
+    return min(batch_size * max_length, max(DEFAULT_BATCH_TOKENS, max_length))
+
+
+def plan_batching(model: Any, config: Any) -> BatchingPlan:
+    """Packed passes when this model keeps packed examples apart and nothing else in the run depends on padding;
+    otherwise trl's padded batches, with the reason."""
+    examples = config.batch_size * config.grad_accum
+    attention = model.config._attn_implementation
+    budget = (config.batch_tokens if config.batch_tokens is not None
+              else default_batch_tokens(config.batch_size, config.max_length))
+
+    def padded(reason: str) -> BatchingPlan:
+        return BatchingPlan(packed=False, examples_per_step=examples, batch_size=config.batch_size,
+                            grad_accum=config.grad_accum, batch_tokens=None, attention=attention, reason=reason)
+
+    if budget == 0:
+        return padded("--batch-tokens 0")
+    if getattr(model.config, "is_encoder_decoder", False):
+        return padded("an encoder-decoder model has no single row of tokens to pack")
+    if not getattr(model, "_supports_attention_backend", False):
+        return padded(f"{type(model).__name__} does not run attention through transformers' attention interface "
+                      "(remote or older modeling code), so nothing guarantees its packed examples stay apart")
+    if attention not in PACKABLE_ATTENTION:
+        return padded(f"attention implementation {attention} is not one that keeps packed examples apart "
+                      f"({', '.join(PACKABLE_ATTENTION)})")
+    if config.neftune_alpha is not None:
+        return padded("NEFTune scales its noise by the padded sequence length, which packing would change")
+    forward = inspect.signature(model.forward).parameters.values()
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in forward):
+        return padded(f"{type(model).__name__}.forward takes no extra keyword arguments, so the examples' bounds and "
+                      "the step's token count cannot reach it")
+    how = "attention one example at a time" if attention in ("sdpa", PACKED_SDPA) else f"{attention} attention"
+    return BatchingPlan(packed=True, examples_per_step=examples, batch_size=examples, grad_accum=1,
+                        batch_tokens=budget, attention=attention, reason=f"{how}, position ids restarting per example")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention: sdpa one packed example at a time
+# ---------------------------------------------------------------------------------------------------------------
+
+def use_packed_attention(model: Any) -> None:
+    """Swap sdpa for `packed_sdpa_attention` (other implementations handle packed rows themselves)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if model.config._attn_implementation != "sdpa":
+        return
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # the masks stay sdpa's: padded batches work as before
+    model.set_attn_implementation(PACKED_SDPA)
+
+
+def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, cu_seq_lens_q: torch.Tensor | None = None,
+                          **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa, on each example of a packed row separately, with its own block of the row's mask.
+
+    The block-diagonal mask of a packed row is zero off its diagonal blocks, so attending within each block gives the
+    same result as attending over the whole row, at the cost of the examples instead of the square of the row."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None or query.shape[0] != 1:  # a padded batch (evaluation): sdpa as usual
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bounds = _host_bounds(cu_seq_lens_q)
+    outputs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        block = None if attention_mask is None else attention_mask[:, :, start:end, start:end]
+        output, _ = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
+                                           value[:, :, start:end], block, **kwargs)
+        outputs.append(output)
+    return torch.cat(outputs, dim=1), None
+
+
+_bounds_cache: list[Any] = [None, None]  # (the last cu_seq_lens tensor seen, its values): one host copy per forward
+
+
+def _host_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
+    if _bounds_cache[0] is not cu_seq_lens:
+        _bounds_cache[:] = [cu_seq_lens, cu_seq_lens.tolist()]
+    return _bounds_cache[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A step's examples -> forward passes
+# ---------------------------------------------------------------------------------------------------------------
+
+def token_budget_groups(lengths: list[int], budget: int, min_groups: int = 1) -> list[range]:
+    """Consecutive runs of examples (indices into `lengths`), each of at most `budget` tokens; an example longer than
+    the budget runs alone. With `min_groups`, the largest groups are split further until there are that many (every
+    process of a launched group then runs the same number of passes)."""
+    groups: list[range] = []
+    start, tokens = 0, 0
+    for index, length in enumerate(lengths):
+        if index > start and tokens + length > budget:
+            groups.append(range(start, index))
+            start, tokens = index, 0
+        tokens += length
+    if lengths:
+        groups.append(range(start, len(lengths)))
+    if min_groups > len(lengths):
+        raise RuntimeError(f"cannot run {len(lengths)} examples in {min_groups} forward passes; every process "
+                           "of a launched group needs as many examples per step as the others")
+    while len(groups) < min_groups:
+        splittable = [g for g in groups if len(g) > 1]
+        largest = max(splittable, key=lambda g: sum(lengths[i] for i in g))
+        # the cut that leaves the two halves closest in tokens
+        cut = min(range(largest.start + 1, largest.stop),
+                  key=lambda c: abs(sum(lengths[largest.start:c]) - sum(lengths[c:largest.stop])))
+        at = groups.index(largest)
+        groups[at:at + 1] = [range(largest.start, cut), range(cut, largest.stop)]
+    return groups
+
+
+def packed_passes(row: dict[str, Any], lengths: list[int], groups: list[range]) -> list[dict[str, Any]]:
+    """Cut a padding-free row (trl's collator output for a whole step) into one input dict per group of examples."""
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    width = row["input_ids"].shape[1]
+    passes = []
+    for group in groups:
+        begin, end = offsets[group.start], offsets[group.stop]
+        own = lengths[group.start:group.stop]
+        part: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+                part[key] = torch.tensor(offsets[group.start:group.stop + 1], dtype=value.dtype,
+                                         device=value.device) - begin
+            elif key in ("max_length_q", "max_length_k"):
+                part[key] = max(own)
+            elif key == "seq_idx":  # which example each token belongs to, counted from the pass's first
+                part[key] = value[:, begin:end] - group.start
+            elif torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == width:
+                part[key] = value[:, begin:end]
+            else:
+                raise ValueError(f"packed batch key {key!r}: kobench does not know how to split it into passes")
+        passes.append(part)
+    return passes
+
+
+class KobenchSFTTrainer(SFTTrainer):
+    """trl's SFTTrainer that runs each optimizer step as planned (`BatchingPlan`) and counts what the passes held."""
+
+    def __init__(self, *args: Any, batching: BatchingPlan, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batching = batching
+        # trl's padded collator stays the evaluation collator, so eval losses are computed exactly as before
+        self.packed_collator = (DataCollatorForLanguageModeling(pad_token_id=self.data_collator.pad_token_id,
+                                                                padding_free=True) if batching.packed else None)
+        self.steps_run: set[int] = set()  # the optimizer steps this process ran (a resumed run: since the checkpoint)
+        self.pass_count = 0
+        self.pass_tokens = 0  # tokens in the forward passes, padding included
+        self.real_tokens: Any = 0  # tokens of the examples (a device tensor sum under padding: no sync per step)
+
+    def get_train_dataloader(self) -> Any:
+        if self.packed_collator is None:
+            return super().get_train_dataloader()
+        padded, self.data_collator = self.data_collator, self.packed_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = padded
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self.steps_run.add(self.state.global_step)
+        if self.packed_collator is None:
+            self.pass_count += 1
+            self.pass_tokens += inputs["input_ids"].numel()
+            self.real_tokens = self.real_tokens + inputs["attention_mask"].sum()
+            return super().training_step(model, inputs, num_items_in_batch)
+        if num_items_in_batch is None:  # plan_batching checked the forward takes it; the Trainer then counts it
+            raise RuntimeError("packed training needs the step's token count (num_items_in_batch) from the Trainer")
+        lengths = inputs["cu_seq_lens_q"].diff().tolist()
+        groups = token_budget_groups(lengths, self.batching.batch_tokens)
+        if self.accelerator.num_processes > 1:
+            # the same number of passes on every process, so their collectives (DDP, FSDP) pair up
+            counts = self.accelerator.gather(torch.tensor([len(groups)], device=self.accelerator.device))
+            groups = token_budget_groups(lengths, self.batching.batch_tokens, min_groups=int(counts.max()))
+        self.pass_count += len(groups)
+        self.pass_tokens += sum(lengths)
+        self.real_tokens = self.real_tokens + sum(lengths)
+        loss = None
+        for index, part in enumerate(packed_passes(inputs, lengths, groups)):
+            # like the Trainer's gradient accumulation: gradients are reduced across processes after the last pass
+            last = index == len(groups) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                part_loss = super().training_step(model, part, num_items_in_batch)
+            loss = part_loss if loss is None else loss + part_loss
+        return loss
+
+    def batching_record(self) -> dict[str, Any]:
+        """The plan and what this process's passes held (pad_fraction: the share of padding in them)."""
+        real, steps = int(self.real_tokens), len(self.steps_run)
+        return {**self.batching.to_record(), "forward_passes": self.pass_count,
+                "passes_per_step": round(self.pass_count / steps, 3) if steps else None,
+                "tokens_in_passes": self.pass_tokens, "example_tokens": real,
+                "pad_fraction": round(1 - real / self.pass_tokens, 4) if self.pass_tokens else None}
