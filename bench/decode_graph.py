@@ -65,12 +65,11 @@ _COMPILED: dict[int, Any] = {}
 
 
 def compiled(model: Any) -> Any:
-    """One torch.compile of the model's forward per model (each new decode shape recompiles it)."""
+    """One torch.compile of the model's forward per model, dynamic shapes: `kobench run --decode compiled`."""
     import torch
 
     if id(model) not in _COMPILED:
-        torch._dynamo.config.cache_size_limit = 64
-        _COMPILED[id(model)] = torch.compile(model.forward)
+        _COMPILED[id(model)] = torch.compile(model.forward, dynamic=True)
     return _COMPILED[id(model)]
 
 
@@ -193,9 +192,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also a graph of the torch.compile'd step")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU in fp32")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="bfloat16", help="bfloat16, or float32 to check the tokens without "
+                        "bf16 rounding")
     args = parser.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    dtype = torch.float32 if args.tiny else torch.bfloat16
+    dtype = torch.float32 if args.tiny else getattr(torch, args.dtype)
     shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in args.models.split(",")}
     if args.tiny:
         args.prompt, args.new, args.batches = min(args.prompt, 96), min(args.new, 12), "1,4"
@@ -203,7 +204,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ceilings = measure_ceilings(device)
     bandwidth = ceilings["copy_bandwidth_bytes_per_s"]
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+    report: dict[str, Any] = {"dtype": str(dtype), "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                               "torch": torch.__version__, "ceilings": ceilings, "models": []}
     for name, shape in shapes.items():
         began = time.perf_counter()

@@ -38,6 +38,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: str = "auto"
+    decode: str = "auto"  # harness/fastgen.py: auto, graph, compiled or generate
     num_fewshot: int | None = None
     chat_template: str = "auto"
     force: bool = False
@@ -67,6 +68,8 @@ class RunConfig:
             raise KobenchError(f"--device {self.device}: use cpu, cuda, cuda:N or auto")
         if self.chat_template not in ("auto", "on", "off"):
             raise KobenchError(f"--chat-template {self.chat_template}: use auto, on or off")
+        if self.decode not in ("auto", "graph", "compiled", "generate"):  # harness.fastgen.DECODE_MODES
+            raise KobenchError(f"--decode {self.decode}: use auto, graph, compiled or generate")
         if self.quantize not in ("none", "auto", "int8", "nf4"):
             raise KobenchError(f"--quantize {self.quantize}: use none, auto, int8 or nf4")
         if self.hardware != "unspecified" or self.profiles:

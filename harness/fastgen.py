@@ -209,7 +209,7 @@ def _generate_bucket(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any]) -
 
         decoder = BucketDecode(lm.model, context_enc, attn_masks, max_length,
                                stop_sequences_criteria(lm.tokenizer, until, context_enc.shape[1], len(contexts)),
-                               lm.tokenizer.pad_token_id, capture=path == "graph")
+                               lm.tokenizer.pad_token_id, capture=path == "graph", step_forward=_step_forward(lm))
         cont = decoder.run()
         cont_toks_list = cont.tolist()
         prefill_s, decode_s, capture_s = decoder.prefill_s, decoder.decode_s, decoder.capture_s
@@ -238,12 +238,25 @@ def _text_of(lm: Any, cont_toks: list[int], until: list[str]) -> str:
                                       if isinstance(lm.think_end_token, str) else None)
 
 
-DECODE_MODES = ("auto", "graph", "generate")
+DECODE_MODES = ("auto", "graph", "compiled", "generate")
+
+
+def _step_forward(lm: Any) -> Any:
+    """The decode step's forward: the model's, or under --decode compiled one torch.compile of it per run with
+    dynamic shapes (one compile serves every bucket's batch and cache length; Inductor fuses the norms, RoPE and
+    SwiGLU that otherwise run as separate small kernels)."""
+    if getattr(lm, "kobench_decode", "auto") != "compiled":
+        return None
+    if getattr(lm, "kobench_compiled_forward", None) is None:
+        import torch
+
+        lm.kobench_compiled_forward = torch.compile(lm.model.forward, dynamic=True)
+    return lm.kobench_compiled_forward
 
 
 def decode_path(lm: Any, kwargs: dict[str, Any]) -> str:
     """How a bucket decodes: lm.kobench_decode is auto (graph on a CUDA device, generate elsewhere), graph,
-    generate, or static (the graph path's loop without capture: tests on the CPU). A bucket the static loop cannot
+    compiled (graph, the step compiled first), generate, or static (the graph path's loop without capture: tests on the CPU). A bucket the static loop cannot
     reproduce (sampling, sliding windows, ...) uses model.generate, and lm.kobench_decode_notes says why; after a
     failed capture (lm.kobench_graph_failed) the rest of the run does."""
     from harness import staticdecode
@@ -253,7 +266,7 @@ def decode_path(lm: Any, kwargs: dict[str, Any]) -> str:
     if mode == "generate" or (mode == "auto" and not on_cuda) or getattr(lm, "kobench_graph_failed", None):
         return "generate"
     reason = staticdecode.blocker(lm, kwargs)
-    if reason is None and mode == "graph" and not on_cuda:
+    if reason is None and mode in ("graph", "compiled") and not on_cuda:
         reason = "CUDA graphs need a CUDA device"
     if reason is not None:
         lm.kobench_decode_notes = getattr(lm, "kobench_decode_notes", set()) | {f"model.generate: {reason}"}

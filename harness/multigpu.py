@@ -125,7 +125,7 @@ def needs_launch(parallel: ParallelConfig) -> bool:
 _SCALAR_FLAGS = {"model": "--model", "adapter": "--adapter", "suite": "--suite", "limit": "--limit",
                  "hardware": "--hardware", "quantize": "--quantize", "db": "--db", "device": "--device",
                  "batch_size": "--batch-size", "num_fewshot": "--num-fewshot", "chat_template": "--chat-template",
-                 "seed": "--seed"}
+                 "seed": "--seed", "decode": "--decode"}
 _BOOL_FLAGS = {"force": "--force", "online": "--online", "trust_remote_code": "--trust-remote-code",
                "refined": "--refined"}
 _LIST_FLAGS = {"tasks", "categories", "profiles", "data"}  # written out below, each in its own shape

@@ -581,7 +581,7 @@ def _run_with_store(config: RunConfig, spec: ModelSpec, device: str, plans: list
             model, tokenizer = load_model(spec, device, budget.compute_dtype if budget else config.dtype,
                                           quantization)
             n_params = count_parameters(model)
-            lm = make_lm(model, tokenizer, batch, device)
+            lm = make_lm(model, tokenizer, batch, device, decode=config.decode)
         if dp:
             dp.attach(lm)
 

@@ -15,6 +15,11 @@ What the loop reproduces from `HFLM._model_generate` -> `model.generate` (greedy
 The tokens of each row are therefore what `generate` writes, up to the rounding of a different attention length
 (the cache's full length, masked, instead of the tokens so far): exact on a CPU in fp32 (tests/test_fastgen.py).
 
+Decode steps attend with `decode_attention` below: eager attention's arithmetic (bf16 scores + additive mask, fp32
+softmax), but each group of query heads reads its key/value head in place. sdpa with a mask (and eager attention)
+first copies every key/value head once per query head (repeat_kv): at batch 64 that copy moved more bytes a step
+than the weights (bench/decode_graph.py). The prefill keeps the model's own attention.
+
 The host checks the stop sequences of token t while the GPU computes token t+1 (the step writes its own next input
 on the device), so the GPU does not wait on Python between steps; a bucket that stops at t discards t+1.
 """
@@ -34,8 +39,34 @@ _GREEDY_DEFAULTS: dict[str, Any] = {
 }
 # gen_kwargs that greedy decoding ignores (model.generate warns about them and decodes greedily)
 _GREEDY_IGNORED = {"top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
-# attention implementations that take a ready 4D mask: a boolean one (sdpa) or an additive one (eager)
-_MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
+# prefill attention implementations the loop is tested with (decode steps use decode_attention)
+_PREFILL_ATTENTION = {"sdpa", "eager"}
+DECODE_ATTENTION = "kobench_decode"
+
+
+def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
+                     dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """One new token's attention over the static cache, grouped-query heads without copying keys and values:
+    query [batch, heads, 1, dim] viewed as [batch, kv_heads, heads / kv_heads, dim] (repeat_kv's head order),
+    then eager attention's steps. Returns [batch, 1, heads, dim] as transformers' attention functions do."""
+    import torch
+
+    batch, heads, length, dim = query.shape
+    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1] * length, dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).reshape(batch, heads, length, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, eager_mask)  # never built: decode steps pass a 4D mask
 
 
 def blocker(lm: Any, kwargs: dict[str, Any]) -> str | None:
@@ -60,8 +91,10 @@ def blocker(lm: Any, kwargs: dict[str, Any]) -> str | None:
                                                       for kind in getattr(text, "layer_types", None) or []):
         return "sliding-window attention layers (one mask cannot serve every layer)"
     attention = getattr(config, "_attn_implementation", None)
-    if attention not in _MASK_KINDS:
+    if attention not in _PREFILL_ATTENTION:
         return f"attention implementation {attention!r} (static decoding takes sdpa or eager)"
+    if text.num_attention_heads % (getattr(text, "num_key_value_heads", None) or text.num_attention_heads):
+        return "query heads not a multiple of key/value heads"
     if not getattr(model, "_can_compile_fullgraph", False):
         return f"{type(model).__name__} does not declare static-cache support"
     return None
@@ -90,7 +123,7 @@ class BucketDecode:
         self.eos_host = torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None
         self.pad = torch.tensor(pad_token_id if pad_token_id is not None else (eos_ids or [0])[0],
                                 dtype=torch.long, device=self.device)
-        self.mask_kind = _MASK_KINDS[model.config._attn_implementation]
+        _register_decode_attention()
         self.prefill_s = self.decode_s = self.capture_s = 0.0
         self.captured = False
 
@@ -157,14 +190,20 @@ class BucketDecode:
         import torch
 
         visible = state["keep"] & (state["arange"] <= state["cache_position"])  # [batch, cache length]
-        if self.mask_kind == "bool":
-            mask = visible[:, None, None, :]
-        else:
-            dtype = self.model.dtype
-            mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill_(
-                ~visible, torch.finfo(dtype).min)[:, None, None, :]
-        logits = self.step_forward(input_ids=state["token"], attention_mask=mask, position_ids=state["position"],
-                                   past_key_values=cache, use_cache=True).logits[:, -1, :]
+        dtype = self.model.dtype
+        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill_(
+            ~visible, torch.finfo(dtype).min)[:, None, None, :]  # additive, as eager attention's
+        configs = {id(c): c for c in (self.model.config, self.model.config.get_text_config())}.values()
+        previous = [c._attn_implementation for c in configs]
+        for c in configs:
+            c._attn_implementation = DECODE_ATTENTION
+        try:
+            logits = self.step_forward(input_ids=state["token"], attention_mask=mask,
+                                       position_ids=state["position"], past_key_values=cache,
+                                       use_cache=True).logits[:, -1, :]
+        finally:
+            for c, attention in zip(configs, previous, strict=True):
+                c._attn_implementation = attention
         self._choose(logits, state)
         state["position"].add_(1)
         state["cache_position"].add_(1)

@@ -25,6 +25,9 @@ HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware profile (
 DataOpt = Annotated[list[str] | None, typer.Option("--data", help="TASK=PATH: replace a task's test data")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 BatchOpt = Annotated[str, typer.Option("--batch-size", help="Batch size or 'auto'")]
+DecodeOpt = Annotated[str, typer.Option("--decode", help="Greedy generation: auto (CUDA graphs on a GPU), graph, "
+                                        "compiled (torch.compile, then graphs: for long runs), or generate "
+                                        "(transformers' generate)")]
 NumGpusOpt = Annotated[int, typer.Option("--num-gpus", help="Data parallel: one model copy per GPU, the items split "
                                          "over them (runs `accelerate launch --num_processes N -m harness run ...`)")]
 ParallelizeOpt = Annotated[bool, typer.Option("--parallelize", help="Model parallel: split one model over all "
@@ -37,12 +40,12 @@ def build_config(model: str, adapter: str | None, tasks: str | None, suite: str 
                  hardware: str, db: str | None, data: list[str] | None, device: str, batch_size: str, force: bool,
                  online: bool, trust_remote_code: bool, chat_template: str, num_fewshot: int | None,
                  categories: str | None, seed: int, refined: bool, quantize: str = "none",
-                 profiles: list[str] | None = None) -> RunConfig:
+                 profiles: list[str] | None = None, decode: str = "auto") -> RunConfig:
     return RunConfig(model=model, adapter=adapter, tasks=split_csv(tasks), suite=suite, limit=limit,
                      hardware=hardware, db=db, data=parse_data_overrides(data or []), device=device,
                      batch_size=batch_size, force=force, online=online, trust_remote_code=trust_remote_code,
                      chat_template=chat_template, num_fewshot=num_fewshot, categories=split_csv(categories),
-                     seed=seed, refined=refined, quantize=quantize, profiles=list(profiles or []))
+                     seed=seed, refined=refined, quantize=quantize, profiles=list(profiles or []), decode=decode)
 
 
 class RichProgress:
@@ -90,7 +93,7 @@ def execute(config: RunConfig, console: Console, parallel: Any = None) -> Any:
 @app.command()
 def run(model: ModelOpt, adapter: AdapterOpt = None, tasks: TasksOpt = None, suite: SuiteOpt = None,
         limit: LimitOpt = None, hardware: HardwareOpt = "unspecified", db: DbOption = None, data: DataOpt = None,
-        device: DeviceOpt = "auto", batch_size: BatchOpt = "auto",
+        device: DeviceOpt = "auto", batch_size: BatchOpt = "auto", decode: DecodeOpt = "auto",
         force: Annotated[bool, typer.Option("--force", help="Recompute tasks even if the store has them")] = False,
         online: Annotated[bool, typer.Option("--online", help="Allow Hugging Face hub downloads")] = False,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
@@ -113,7 +116,8 @@ def run(model: ModelOpt, adapter: AdapterOpt = None, tasks: TasksOpt = None, sui
     from harness.hardware import BUDGET_EXCEEDED_EXIT_CODE
 
     config = build_config(model, adapter, tasks, suite, limit, hardware, db, data, device, batch_size, force, online,
-                          trust_remote_code, chat_template, num_fewshot, categories, seed, refined, quantize, profiles)
+                          trust_remote_code, chat_template, num_fewshot, categories, seed, refined, quantize, profiles,
+                          decode)
     parallel = multigpu.ParallelConfig(num_gpus=num_gpus, parallelize=parallelize, backend=backend,
                                        tensor_parallel=tensor_parallel)
     if multigpu.needs_launch(parallel):  # rank 0 of the launched group prints the progress and the result
@@ -147,8 +151,8 @@ def load_candidates(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(c, dict) and "model" in c for c in data):
         raise KobenchError(f"--candidates {path}: expected a YAML list of mappings with a 'model' key, "
                            "e.g. '- model: gemma3-270m'")
-    allowed = {"model", "adapter", "batch_size", "device", "chat_template", "num_fewshot", "trust_remote_code",
-               "gpus", "parallelize"}
+    allowed = {"model", "adapter", "batch_size", "decode", "device", "chat_template", "num_fewshot",
+               "trust_remote_code", "gpus", "parallelize"}
     for i, cand in enumerate(data, start=1):
         unknown = set(cand) - allowed
         if unknown:
@@ -162,7 +166,7 @@ def screen(models: Annotated[str | None, typer.Option("--models", help="Comma-se
            candidates: Annotated[Path | None, typer.Option("--candidates", help="YAML file of candidates")] = None,
            tasks: TasksOpt = None, suite: SuiteOpt = None, limit: LimitOpt = None,
            hardware: HardwareOpt = "unspecified", db: DbOption = None, data: DataOpt = None,
-           device: DeviceOpt = "auto", batch_size: BatchOpt = "auto",
+           device: DeviceOpt = "auto", batch_size: BatchOpt = "auto", decode: DecodeOpt = "auto",
            force: Annotated[bool, typer.Option("--force")] = False,
            online: Annotated[bool, typer.Option("--online")] = False,
            gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to spread the candidates over, e.g. 0,1,2,3 "
@@ -184,7 +188,7 @@ def screen(models: Annotated[str | None, typer.Option("--models", help="Comma-se
         config = build_config(cand["model"], cand.get("adapter"), tasks, suite, limit, hardware, db, data,
                               cand.get("device", device), str(cand.get("batch_size", batch_size)), force, online,
                               bool(cand.get("trust_remote_code", False)), cand.get("chat_template", "auto"),
-                              cand.get("num_fewshot"), None, 1234, False)
+                              cand.get("num_fewshot"), None, 1234, False, decode=cand.get("decode", decode))
         config.validate()
         from harness.models import resolve_model
 
