@@ -375,6 +375,9 @@ def test_finetune_end_to_end(eos_padded_model: Path, other_tiny_model: Path, use
     assert meta["chat_template"]["source"] == "kobench-qa-v1"
     assert meta["pad_token"]["added"] is True
     assert meta["training"]["steps"] == 4 and meta["training"]["data"]["n_train"] == 6 + 9
+    # the batching used: each step's 4 examples in one padding-free pass (default budget min(4 x 128, 4096))
+    assert {k: meta["training"]["batching"][k] for k in ("kind", "batch_tokens", "passes_per_step", "pad_fraction")} \
+        == {"kind": "padding-free", "batch_tokens": 512, "passes_per_step": 1, "pad_fraction": 0}
     assert meta["config"]["learning_rate"] == 1e-3 and meta["lora"]["target_modules"] == "all-linear"
     with open(output / LOSS_LOG, encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -424,32 +427,46 @@ def test_finetune_end_to_end(eos_padded_model: Path, other_tiny_model: Path, use
 def test_finetune_under_accelerate_launch_ddp(eos_padded_model: Path, use_sft_tasks: Path, tmp_path: Path) -> None:
     """`accelerate launch --config_file configs/accelerate/ddp.yaml -m harness finetune` on 2 CPU processes (gloo):
     both ranks train on their share of each batch, rank 0 alone writes the adapter, the loss log and the store,
-    and both reach the evaluation that follows (data-parallel, rank 0 writing)."""
+    and both reach the evaluation that follows (data-parallel, rank 0 writing). Each rank's 2 examples a step go
+    through packed passes of at most 110 tokens (one or two passes, the same number on both ranks), and train the
+    same losses as trl's padded batches with accumulation."""
     import os
     import subprocess
     import sys
 
+    from finetune.recipe import LOSS_LOG
     from tests.conftest import REPO
 
+    def launch(port: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port",
+                   port, "-m", "harness", "finetune", "--model", str(eos_padded_model), "--task",
+                   "ko_sft_mc,ko_sft_gen", "--preset", "fast", "--batch-size", "1", "--grad-accum", "2",
+                   "--lora-dropout", "0", "--max-steps", "3", "--eval-steps", "3", "--max-length", "128",
+                   "--device", "cpu", *args]
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                              env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    def losses(output: Path) -> tuple[list[float], list[float]]:
+        with open(output / LOSS_LOG, encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return ([float(r["train_loss"]) for r in rows if r["train_loss"]],
+                [float(r["eval_loss"]) for r in rows if r["eval_loss"]])
+
     db, output = tmp_path / "results.db", tmp_path / "adapter"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port",
-               "29561", "-m", "harness", "finetune", "--model", str(eos_padded_model), "--task", "ko_sft_mc,ko_sft_gen",
-               "--preset", "fast", "--batch-size", "1", "--max-steps", "3", "--eval-steps", "3", "--max-length", "128", "--limit", "2",
-               "--device", "cpu", "--output", str(output), "--db", str(db), "--json"]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
-                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch("29561", "--batch-tokens", "110", "--limit", "2", "--output", str(output), "--db", str(db),
+                  "--json")
     report = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 prints; rank 1 prints nothing
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1
 
     meta = json.loads((output / ADAPTER_META_FILE).read_text())
     training = meta["training"]
     assert training["processes"] == 2 and training["steps"] == 3 and training["parallel"] == "ddp"
-    # 15 training examples shared by 2 ranks (8 each, the sampler pads), batch 1: an epoch is 8 steps, not 15
-    assert training["epochs"] == pytest.approx(3 / 8, abs=1e-3)
-    from finetune.recipe import LOSS_LOG
-
+    assert training["batching"]["kind"] == "padding-free" and 1 <= training["batching"]["passes_per_step"] <= 2
+    # 15 training examples shared by 2 ranks (8 each, the sampler pads), 2 a step: an epoch is 4 steps, not 8
+    assert training["epochs"] == pytest.approx(3 / 4, abs=1e-3)
     with open(output / LOSS_LOG, encoding="utf-8") as handle:
         train_steps = [int(r["step"]) for r in csv.DictReader(handle) if r["train_loss"]]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 3  # one writer: no doubled rows
@@ -466,6 +483,15 @@ def test_finetune_under_accelerate_launch_ddp(eos_padded_model: Path, use_sft_ta
             assert len(session.scalars(select(Model).where(Model.kind == "adapter")).all()) == 1
     finally:
         store.dispose()
+
+    # the same run on trl's padded micro-batches: each step covers the same examples across the two ranks, so
+    # the logged train losses (the mean over both ranks' completion tokens) and the eval losses agree
+    padded = tmp_path / "padded"
+    launch("29563", "--batch-tokens", "0", "--no-eval", "--output", str(padded))
+    assert json.loads((padded / ADAPTER_META_FILE).read_text())["training"]["batching"]["kind"] == "padded"
+    (packed_train, packed_eval), (padded_train, padded_eval) = losses(output), losses(padded)
+    assert len(packed_train) == 3 and packed_train == pytest.approx(padded_train, abs=2e-4)
+    assert packed_eval == pytest.approx(padded_eval, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -504,7 +530,9 @@ def test_cli_qlora_without_cuda() -> None:
 
 def test_finetune_lora_under_fsdp_saves_the_whole_adapter(eos_padded_model: Path, tmp_path: Path) -> None:
     """`configs/accelerate/fsdp_lora.yaml` on 2 CPU processes (gloo): the model is left for FSDP to shard, and the
-    saved adapter holds whole LoRA matrices (gathered from both shards), loadable on its base."""
+    saved adapter holds whole LoRA matrices (gathered from both shards), loadable on its base. Each rank's 2
+    examples a step go through packed passes of at most 86 tokens: one pass or two, and when the ranks differ both run
+    two (FSDP gathers weights in every pass, so the ranks' passes must pair up)."""
     import os
     import subprocess
     import sys
@@ -520,13 +548,15 @@ def test_finetune_lora_under_fsdp_saves_the_whole_adapter(eos_padded_model: Path
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "configs" / "accelerate" / "fsdp_lora.yaml"), "--num_processes", "2",
                "--main_process_port", "29562", "-m", "harness", "finetune", "--model", str(eos_padded_model),
-               "--data", str(data), "--method", "lora", "--batch-size", "1", "--max-steps", "2", "--eval-steps", "2",
+               "--data", str(data), "--method", "lora", "--batch-size", "1", "--grad-accum", "2", "--batch-tokens", "86",
+               "--max-steps", "2", "--eval-steps", "2",
                "--max-length", "64", "--no-eval", "--device", "cpu", "--output", str(output)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((output / ADAPTER_META_FILE).read_text())
     assert meta["training"]["parallel"] == "fsdp" and meta["training"]["processes"] == 2
+    assert meta["training"]["batching"]["kind"] == "padding-free"
     shape = json.loads((eos_padded_model / "config.json").read_text())
     with safe_open(str(output / "adapter_model.safetensors"), framework="pt") as handle:
         shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
