@@ -277,3 +277,29 @@ def test_cli_negative_batch_tokens_is_one_error_line(tiny_model: Path, tmp_path:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         "error: --batch-tokens -5: must be a number of tokens per forward pass, or 0 for trl's padded micro-batches"]
+
+
+def test_a_resumed_packed_fine_tune_continues_with_the_same_examples(tiny_model: Path, tmp_path: Path) -> None:
+    """Resumed from its step-2 checkpoint, a packed run trains steps 3 and 4 on the examples and weights the
+    uninterrupted run did: the same logged losses (the checkpoint's data position counts whole packed steps)."""
+    import csv
+    import shutil
+
+    data_file = _chat_file(tmp_path / "chat.jsonl", 14)
+    output = tmp_path / "adapter"
+    args = ["finetune", "--model", str(tiny_model), "--data", str(data_file), "--batch-size", "2", "--grad-accum",
+            "2", "--max-steps", "4", "--eval-steps", "2", "--max-length", "64", "--no-eval", "--device", "cpu",
+            "--output", str(output)]
+
+    def train_losses() -> dict[int, str]:
+        with open(output / "loss_log.csv", encoding="utf-8") as handle:
+            return {int(r["step"]): r["train_loss"] for r in csv.DictReader(handle) if r["train_loss"]}
+
+    kobench(*args, check=True)
+    uninterrupted = train_losses()
+    # as if killed after the step-2 checkpoint: no later checkpoint, no adapter yet
+    shutil.rmtree(output / "checkpoints" / "checkpoint-4")
+    (output / "kobench_adapter.json").unlink()
+    resumed = kobench(*args, env={"COLUMNS": "400"}, check=True)
+    assert "resuming the interrupted fine-tune from checkpoint-2" in resumed.stdout
+    assert list(uninterrupted) == [1, 2, 3, 4] and train_losses() == uninterrupted
