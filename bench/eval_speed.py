@@ -294,6 +294,11 @@ class Recorder:
             task = requests[0].task_name if requests else ""
             rec.requests.setdefault(task, []).extend(requests)
             rec.buckets.extend({"task": task, **s.to_dict()} for s in stats)
+            # buckets decoded by kobench's static-cache loop never call _model_generate: record them as its calls
+            rec.generate_calls.extend({"batch": s.batch, "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens,
+                                       "max_new_tokens": None, "decode": s.decode,
+                                       "s": s.prefill_s + s.capture_s + s.decode_s}
+                                      for s in stats if s.decode != "generate")
             return out, stats
 
         def timed_loglikelihood(lm: Any, requests: list[Any], disable_tqdm: bool = False) -> Any:
@@ -365,7 +370,7 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     rec = Recorder(device).install()
     config = RunConfig(model=model["dir"], tasks=plan["tasks"], limit=plan["items_per_task"],
                        db=str(Path(plan["work"]) / f"{model['name']}.db"), device=device, hardware=plan["hardware"],
-                       bootstrap_iters=plan["bootstrap_iters"], seed=SEED)
+                       bootstrap_iters=plan["bootstrap_iters"], seed=SEED, decode=plan.get("decode") or "auto")
     with MemorySampler(device) as memory:  # the runner resets torch's peak per task: only NVML's peak is ours
         began = time.perf_counter()
         result = run(config)
@@ -712,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-hardware", default=None,
                         help="then run kobench alone once more under this profile (e.g. t4-16gb): statuses, "
                              "estimates and peaks per task")
+    parser.add_argument("--decode", default="auto", help="kobench's --decode: auto (CUDA graphs on a GPU), graph, "
+                        "compiled or generate")
     parser.add_argument("--attn", default=None,
                         help="attention kernel of both sides (eager is bit-reproducible; default: transformers' own)")
     parser.add_argument("--also-quantize", default=None, help="--quantize for that run (auto, int8, nf4)")
@@ -775,11 +782,11 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks_dir": str(work / "tasks"), "tokenizer_dir": str(work / "tokenizer"), "hardware": hardware,
                 "stock_batch_size": args.stock_batch_size, "bootstrap_iters": args.bootstrap_iters,
                 "control_items": args.control_items, "also_hardware": args.also_hardware,
-                "also_quantize": args.also_quantize, "attn": args.attn, "models": models}
+                "also_quantize": args.also_quantize, "attn": args.attn, "decode": args.decode, "models": models}
         plan_path = work / "plan.json"
         plan_path.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
         report: dict[str, Any] = {"device": device, "hardware_profile": hardware, "items_per_task": items,
-                                  "attn": args.attn or "default",
+                                  "attn": args.attn or "default", "decode": args.decode,
                                   "max_gen_toks": max_gen_toks or "each task's own", "tasks": task_names,
                                   "stock_batch_size": args.stock_batch_size, "models": [], "failed": [],
                                   "versions": _versions(), "command": " ".join(sys.argv)}
