@@ -548,8 +548,8 @@ def test_finetune_lora_under_fsdp_saves_the_whole_adapter(eos_padded_model: Path
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "configs" / "accelerate" / "fsdp_lora.yaml"), "--num_processes", "2",
                "--main_process_port", "29562", "-m", "harness", "finetune", "--model", str(eos_padded_model),
-               "--data", str(data), "--method", "lora", "--batch-size", "1", "--grad-accum", "2", "--batch-tokens", "86",
-               "--max-steps", "2", "--eval-steps", "2",
+               "--data", str(data), "--method", "lora", "--batch-size", "1", "--grad-accum", "2",
+               "--batch-tokens", "86", "--max-steps", "2", "--eval-steps", "2",
                "--max-length", "64", "--no-eval", "--device", "cpu", "--output", str(output)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "ACCELERATE_USE_CPU": "true"})

@@ -81,9 +81,9 @@ def test_packed_examples_equal_the_examples_alone(kind: str, attention: str) -> 
     with torch.no_grad():
         alone = [model(e[None], use_cache=False).logits[0] for e in examples]
         bounds = torch.tensor([0, 5, 14, 15, 21], dtype=torch.int32)
-        packed = model(torch.cat(examples)[None], position_ids=torch.cat([torch.arange(len(e)) for e in examples])[None],
-                       cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=9, max_length_k=9,
-                       use_cache=False).logits[0]
+        positions = torch.cat([torch.arange(len(e)) for e in examples])[None]  # restarting at each example
+        packed = model(torch.cat(examples)[None], position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                       max_length_q=9, max_length_k=9, use_cache=False).logits[0]
         # the row read as one sequence mixes them: the check can tell
         mixed = model(torch.cat(examples)[None], use_cache=False).logits[0]
     for example, start, end in zip(alone, bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -264,7 +264,8 @@ def test_kobench_finetune_packs_by_default_and_batch_tokens_0_pads(tiny_model: P
     assert packed_meta["batching"]["pad_fraction"] == 0.0
     assert padded_meta["batching"]["kind"] == "padded" and padded_meta["batching"]["passes_per_step"] == 3
     assert padded_meta["batching"]["pad_fraction"] > 0
-    assert packed_meta["hyperparameters"]["batch_tokens"] is None and padded_meta["hyperparameters"]["batch_tokens"] == 0
+    assert packed_meta["hyperparameters"]["batch_tokens"] is None  # the default, resolved in the batching record
+    assert padded_meta["hyperparameters"]["batch_tokens"] == 0
     # the same examples and the same loss: the logged train losses (4 decimals) and the eval losses agree
     assert packed_meta["mean_train_loss"] == pytest.approx(padded_meta["mean_train_loss"], rel=1e-5)
     assert packed_meta["eval_loss"] == pytest.approx(padded_meta["eval_loss"], rel=1e-5)
