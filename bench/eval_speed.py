@@ -370,7 +370,9 @@ def side_kobench(plan: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     rec = Recorder(device).install()
     config = RunConfig(model=model["dir"], tasks=plan["tasks"], limit=plan["items_per_task"],
                        db=str(Path(plan["work"]) / f"{model['name']}.db"), device=device, hardware=plan["hardware"],
-                       bootstrap_iters=plan["bootstrap_iters"], seed=SEED, decode=plan.get("decode") or "auto")
+                       bootstrap_iters=plan["bootstrap_iters"], seed=SEED, decode=plan.get("decode") or "auto",
+                       # without a profile the weights load as stock loads them (a profile's planner picks its own)
+                       dtype=plan["dtype"] if plan["hardware"] == "unspecified" else "auto")
     with MemorySampler(device) as memory:  # the runner resets torch's peak per task: only NVML's peak is ours
         began = time.perf_counter()
         result = run(config)
@@ -728,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-items", type=int, default=2, help="items per generation task in the control")
     parser.add_argument("--bootstrap-iters", type=int, default=1000, help="both sides (kobench's default)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                        help="model weights (default bfloat16 on a GPU, float32 on a CPU); float32 with --hardware "
+                        "unspecified checks the texts without bf16 rounding")
     parser.add_argument("--side", choices=["build", "stock", "kobench", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--model-name", help=argparse.SUPPRESS)
@@ -777,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             models = [existing_model(args.pretrained)]
         else:
             models = [{"name": n, "shape": shapes[n], "dir": str(work / n), "build": True} for n in names]
-        plan = {"work": str(work), "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32",
+        plan = {"work": str(work), "device": device,
+                "dtype": args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
                 "tasks": task_names, "items_per_task": items, "items": plan_items(task_names, items),
                 "tasks_dir": str(work / "tasks"), "tokenizer_dir": str(work / "tokenizer"), "hardware": hardware,
                 "stock_batch_size": args.stock_batch_size, "bootstrap_iters": args.bootstrap_iters,
