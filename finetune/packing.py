@@ -23,6 +23,8 @@ import torch
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from finetune.config import FinetuneConfig
+
 PACKED_SDPA = "kobench_packed_sdpa"
 # attention implementations that take packed rows: transformers turns restarting position_ids into a block-diagonal
 # mask for sdpa, eager and flex, and flash attention reads the examples' bounds (cu_seq_lens) itself
@@ -62,10 +64,11 @@ class BatchingPlan:
 
 
 def default_batch_tokens(batch_size: int, max_length: int) -> int:
+    """--batch-tokens when not given (see DEFAULT_BATCH_TOKENS)."""
     return min(batch_size * max_length, max(DEFAULT_BATCH_TOKENS, max_length))
 
 
-def plan_batching(model: Any, config: Any) -> BatchingPlan:
+def plan_batching(model: Any, config: FinetuneConfig) -> BatchingPlan:
     """Packed passes when this model keeps packed examples apart and nothing else in the run depends on padding;
     otherwise trl's padded batches, with the reason."""
     examples = config.batch_size * config.grad_accum
