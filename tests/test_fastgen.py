@@ -276,3 +276,16 @@ def test_decode_path_choice(tiny_model: Path, kobench_lm: Any) -> None:
         assert "model.generate: CUDA graphs need a CUDA device" in kobench_lm.kobench_decode_notes
     finally:
         kobench_lm.kobench_decode = "auto"
+
+
+def test_decode_flag_is_checked_and_travels_to_other_processes() -> None:
+    from harness.config import RunConfig
+    from harness.errors import KobenchError
+    from harness.multigpu import run_argv
+
+    with pytest.raises(KobenchError, match="--decode fast: use auto, graph, compiled or generate"):
+        RunConfig(model="m", tasks=["ko_legal_mcq"], decode="fast").validate()
+    assert set(fastgen.DECODE_MODES) == {"auto", "graph", "compiled", "generate"}
+    argv = run_argv(RunConfig(model="m", decode="compiled"))
+    assert argv[argv.index("--decode") + 1] == "compiled"
+    assert "--decode" not in run_argv(RunConfig(model="m"))  # the default is not written out
