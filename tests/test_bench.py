@@ -45,3 +45,14 @@ def test_finetune_qlora_tiny_compares_plain_trl_and_kobench(tmp_path: Path) -> N
     assert kobench["loss_vs_plain"]["steps_compared"] == 4
     # the same examples and weights in fp32: equal up to summation order
     assert kobench["loss_vs_plain"]["max_rel_diff"] < 1e-5
+
+
+def test_decode_graph_tiny_static_loop_equals_generate(tmp_path: Path) -> None:
+    """The decode bench on a 2-layer fp32 model: kobench's static-cache loop writes generate's tokens."""
+    report = _bench("decode_graph.py", tmp_path, "--tiny", "--repeats", "1")
+    runs = report["models"][0]["runs"]
+    assert [r["batch"] for r in runs] == [1, 4]
+    for run in runs:
+        assert run["static"]["rows_equal_to_generate"] == run["batch"]
+        assert run["static"]["tokens_equal_to_generate"] == run["batch"] * run["new"]
+        assert run["generate"]["ms_per_step"] > 0 and run["floor_ms"] > 0
