@@ -4,7 +4,8 @@
 micro-batches. kobench keeps those examples and that loss, and changes only how they reach the model: the step's
 examples are concatenated into one row with no padding (trl's `DataCollatorForLanguageModeling(padding_free=True)`:
 position_ids restart at 0 for each example, the first label of each example is ignored), and the row is cut at
-example boundaries into forward passes of at most `--batch-tokens` tokens. Each pass's loss is divided by the
+example boundaries into as few forward passes of at most `--batch-tokens` tokens as possible, evened out. Each pass's
+loss is divided by the
 completion tokens of the whole step (transformers' `num_items_in_batch`), so the passes' gradients add up to the
 gradient of the padded step: the mean over all the step's completion tokens.
 
@@ -152,22 +153,24 @@ def _host_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 def token_budget_groups(lengths: list[int], budget: int, min_groups: int = 1) -> list[range]:
-    """Consecutive runs of examples (indices into `lengths`), each of at most `budget` tokens; an example longer than
-    the budget runs alone. With `min_groups`, the largest groups are split further until there are that many (every
-    process of a launched group then runs the same number of passes)."""
-    groups: list[range] = []
-    start, tokens = 0, 0
-    for index, length in enumerate(lengths):
-        if index > start and tokens + length > budget:
-            groups.append(range(start, index))
-            start, tokens = index, 0
-        tokens += length
-    if lengths:
-        groups.append(range(start, len(lengths)))
+    """Consecutive runs of examples (indices into `lengths`): as few as passes of at most `budget` tokens allow (an
+    example longer than the budget runs alone), or `min_groups` when that is more (every process of a launched group
+    then runs the same number of passes), and as even in tokens as that number allows: the peak memory follows the
+    largest pass, and a short pass left over at the end would pay a whole pass's fixed cost for a few examples."""
     if min_groups > len(lengths):
         raise RuntimeError(f"cannot run {len(lengths)} examples in {min_groups} forward passes; every process "
                            "of a launched group needs as many examples per step as the others")
-    while len(groups) < min_groups:
+    count = max(len(_runs_under(lengths, budget)), min_groups)
+    # the smallest cap that still needs no more than `count` runs (the number of runs only falls as the cap rises)
+    low, high = 1, max(budget, 1)
+    while low < high:
+        middle = (low + high) // 2
+        if len(_runs_under(lengths, middle)) <= count:
+            high = middle
+        else:
+            low = middle + 1
+    groups = _runs_under(lengths, low)
+    while len(groups) < count:
         splittable = [g for g in groups if len(g) > 1]
         largest = max(splittable, key=lambda g: sum(lengths[i] for i in g))
         # the cut that leaves the two halves closest in tokens
@@ -176,6 +179,20 @@ def token_budget_groups(lengths: list[int], budget: int, min_groups: int = 1) ->
         at = groups.index(largest)
         groups[at:at + 1] = [range(largest.start, cut), range(cut, largest.stop)]
     return groups
+
+
+def _runs_under(lengths: list[int], cap: int) -> list[range]:
+    """Greedy in order: a new run when the next example would take the current one over `cap` tokens."""
+    runs: list[range] = []
+    start, tokens = 0, 0
+    for index, length in enumerate(lengths):
+        if index > start and tokens + length > cap:
+            runs.append(range(start, index))
+            start, tokens = index, 0
+        tokens += length
+    if lengths:
+        runs.append(range(start, len(lengths)))
+    return runs
 
 
 def packed_passes(row: dict[str, Any], lengths: list[int], groups: list[range]) -> list[dict[str, Any]]:

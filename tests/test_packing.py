@@ -20,12 +20,17 @@ from tests.conftest import kobench
 
 
 def test_token_budget_groups_by_hand() -> None:
-    # 3+4 = 7 fits 8, +2 would not; 2 alone (+7 would not fit); 7+1 = 8 fits
+    # 3+4 = 7 fits 8, +2 would not; 2 alone (+7 would not fit); 7+1 = 8 fits: 3 passes, none can be smaller
     assert token_budget_groups([3, 4, 2, 7, 1], 8) == [range(0, 2), range(2, 3), range(3, 5)]
     # an example over the budget runs alone
     assert token_budget_groups([10, 2, 3], 5) == [range(0, 1), range(1, 3)]
-    # at least 3 passes (another process needs 3): 17 tokens split 9 | 8, then 9 split 3 | 6
-    assert token_budget_groups([3, 4, 2, 7, 1], 100, min_groups=3) == [range(0, 1), range(1, 3), range(3, 5)]
+    # 16 x 300 tokens under 4,096: two passes (13 + 3 would fit), evened out to 8 + 8
+    assert token_budget_groups([300] * 16, 4096) == [range(0, 8), range(8, 16)]
+    # at least 3 passes (another process runs 3): 17 tokens in 3 runs of at most 8 (7 would take 4)
+    assert token_budget_groups([3, 4, 2, 7, 1], 100, min_groups=3) == [range(0, 2), range(2, 3), range(3, 5)]
+    # at least 3 of four 1-token examples: no cap gives 3 runs (2 tokens: 2 runs, 1 token: 4), so 2 runs of 2 and
+    # the first split in two
+    assert token_budget_groups([1, 1, 1, 1], 100, min_groups=3) == [range(0, 1), range(1, 2), range(2, 4)]
     with pytest.raises(RuntimeError, match="cannot run 2 examples in 3 forward passes"):
         token_budget_groups([5, 5], 100, min_groups=3)
 
