@@ -5,9 +5,8 @@ micro-batches. kobench keeps those examples and that loss, and changes only how 
 examples are concatenated into one row with no padding (trl's `DataCollatorForLanguageModeling(padding_free=True)`:
 position_ids restart at 0 for each example, the first label of each example is ignored), and the row is cut at
 example boundaries into as few forward passes of at most `--batch-tokens` tokens as possible, evened out. Each pass's
-loss is divided by the
-completion tokens of the whole step (transformers' `num_items_in_batch`), so the passes' gradients add up to the
-gradient of the padded step: the mean over all the step's completion tokens.
+loss is divided by the completion tokens of the whole step (transformers' `num_items_in_batch`), so the passes'
+gradients add up to the gradient of the padded step: the mean over all the step's completion tokens.
 
 Attention never crosses examples: transformers builds a block-diagonal mask from the restarting position_ids, and
 for sdpa kobench runs attention one example at a time within that mask (`packed_sdpa_attention`), so the cost stays
