@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
@@ -30,6 +30,9 @@ from finetune.template import ensure_chat_template
 from harness.errors import KobenchError
 from harness.models import ADAPTER_META_FILE, ModelSpec, resolve_model
 from harness.redact import redact_value
+
+if TYPE_CHECKING:
+    from finetune.packing import BatchingPlan
 
 Progress = Callable[..., None]
 PAD_TOKEN = "<|kobench_pad|>"
@@ -328,7 +331,8 @@ def lora_config(config: FinetuneConfig) -> Any:
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int, batching: Any = None) -> Any:
+def sft_config(config: FinetuneConfig, output: Path, device: str, n_train: int,
+               batching: BatchingPlan | None = None) -> Any:
     """trl's arguments for the run; `batching` (finetune.packing.BatchingPlan) sets the per-device batch and the
     accumulation (packed: the whole step in one batch, which the trainer splits into passes itself)."""
     import torch
