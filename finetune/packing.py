@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,8 @@ def use_packed_attention(model: Any) -> None:
 
     if model.config._attn_implementation != "sdpa":
         return
+    if os.environ.get("KOBENCH_PACKED_ATTENTION") == "row":  # bench/finetune_qlora.py's comparison: sdpa over the row
+        return
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
     AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # the masks stay sdpa's: padded batches work as before
     model.set_attn_implementation(PACKED_SDPA)
@@ -129,9 +132,13 @@ def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     if cu_seq_lens_q is None or query.shape[0] != 1:  # a padded batch (evaluation): sdpa as usual
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     bounds = _host_bounds(cu_seq_lens_q)
+    # Within one example every token is real and attends causally, so sdpa needs no mask there: its causal kernels
+    # (flash attention, grouped-query heads read in place) run instead of the masked kernel, which first copies the
+    # key/value heads per query head. A sliding-window layer keeps its block of the mask.
+    windowed = getattr(module, "sliding_window", None) is not None
     outputs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
-        block = None if attention_mask is None else attention_mask[:, :, start:end, start:end]
+        block = attention_mask[:, :, start:end, start:end] if windowed and attention_mask is not None else None
         output, _ = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
                                            value[:, :, start:end], block, **kwargs)
         outputs.append(output)
