@@ -23,8 +23,6 @@ Sides (--sides), each in its own process so each has its own CUDA context and pe
   kobench        finetune.recipe.finetune (`kobench finetune --method qlora`) with the same --batch-size and
                  --grad-accum: each step's examples packed without padding into passes of at most --batch-tokens
   kobench-liger  the same with --liger (Liger's fused RMSNorm, RoPE, SwiGLU)
-  kobench-row    kobench with transformers' own packed sdpa: one block-diagonal mask over the whole pass, instead
-                 of sdpa one example at a time (KOBENCH_PACKED_ATTENTION=row): what the per-example attention saves
   ddp            `kobench finetune` under `accelerate launch --config_file configs/accelerate/ddp.yaml` on --gpus GPUs
 
 Tokens/s counts the examples' own tokens (not padding: trl's num_tokens on both sides), over the steps after
@@ -346,7 +344,6 @@ def log_figures(loss_log: Path, warmup: int) -> dict[str, Any]:
 
 
 SIDES = {"build": side_build, "plain": side_plain, "kobench": side_kobench, "kobench-liger": side_kobench,
-         "kobench-row": side_kobench,
          "ddp": side_kobench}
 
 
@@ -365,8 +362,7 @@ def run_side(side: str, plan_path: Path, args: argparse.Namespace, log: Path) ->
         handle.write(f"\n===== {side} =====\n")
         handle.flush()
         # on a CPU the launched ranks join over gloo (the config's MULTI_GPU picks torchrun's launcher)
-        env = {**os.environ, **({} if plan["device"].startswith("cuda") else {"ACCELERATE_USE_CPU": "true"}),
-               **({"KOBENCH_PACKED_ATTENTION": "row"} if side == "kobench-row" else {})}
+        env = {**os.environ, **({} if plan["device"].startswith("cuda") else {"ACCELERATE_USE_CPU": "true"})}
         proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     print(f"  {side:14s} {time.perf_counter() - began:7.1f} s  (exit {proc.returncode})", flush=True)
     result_path = Path(plan["work"]) / f"{side}.json"

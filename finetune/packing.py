@@ -8,15 +8,15 @@ example boundaries into as few forward passes of at most `--batch-tokens` tokens
 loss is divided by the completion tokens of the whole step (transformers' `num_items_in_batch`), so the passes'
 gradients add up to the gradient of the padded step: the mean over all the step's completion tokens.
 
-Attention never crosses examples: transformers builds a block-diagonal mask from the restarting position_ids, and
-for sdpa kobench runs attention one example at a time within that mask (`packed_sdpa_attention`), so the cost stays
-that of the separate examples instead of growing with the square of the pass.
+Attention never crosses examples: transformers builds a block-diagonal mask from the restarting position_ids (sdpa,
+eager, flex) or reads the examples' bounds (flash attention). Running sdpa one example at a time instead (attention
+costing the separate examples, not the square of the pass) was measured slower on an H200: 1.07x trl's padded
+batches against 2.75x for the one masked sdpa call per layer (docs/performance.md), so the pass keeps that call.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,9 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from finetune.config import FinetuneConfig
 
-PACKED_SDPA = "kobench_packed_sdpa"
 # attention implementations that take packed rows: transformers turns restarting position_ids into a block-diagonal
 # mask for sdpa, eager and flex, and flash attention reads the examples' bounds (cu_seq_lens) itself
-PACKABLE_ATTENTION = ("sdpa", PACKED_SDPA, "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+PACKABLE_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 # The default pass size. A pass never holds more than one padded micro-batch of the user's could (batch_size x
 # max_length), so packing never asks for more memory than --batch-size did; and at most 4,096 tokens (unless one
 # example may be longer). Reasoned, not measured: QLoRA of the 7.8B shape peaked at 8,943 MiB with 2,048-token passes
@@ -97,61 +96,9 @@ def plan_batching(model: Any, config: FinetuneConfig) -> BatchingPlan:
     if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in forward):
         return padded(f"{type(model).__name__}.forward takes no extra keyword arguments, so the examples' bounds and "
                       "the step's token count cannot reach it")
-    how = "attention one example at a time" if attention in ("sdpa", PACKED_SDPA) else f"{attention} attention"
     return BatchingPlan(packed=True, examples_per_step=examples, batch_size=examples, grad_accum=1,
-                        batch_tokens=budget, attention=attention, reason=f"{how}, position ids restarting per example")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Attention: sdpa one packed example at a time
-# ---------------------------------------------------------------------------------------------------------------
-
-def use_packed_attention(model: Any) -> None:
-    """Swap sdpa for `packed_sdpa_attention` (other implementations handle packed rows themselves)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    if model.config._attn_implementation != "sdpa":
-        return
-    if os.environ.get("KOBENCH_PACKED_ATTENTION") == "row":  # bench/finetune_qlora.py's comparison: sdpa over the row
-        return
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # the masks stay sdpa's: padded batches work as before
-    model.set_attn_implementation(PACKED_SDPA)
-
-
-def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, cu_seq_lens_q: torch.Tensor | None = None,
-                          **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' sdpa, on each example of a packed row separately, with its own block of the row's mask.
-
-    The block-diagonal mask of a packed row is zero off its diagonal blocks, so attending within each block gives the
-    same result as attending over the whole row, at the cost of the examples instead of the square of the row."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if cu_seq_lens_q is None or query.shape[0] != 1:  # a padded batch (evaluation): sdpa as usual
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bounds = _host_bounds(cu_seq_lens_q)
-    # Within one example every token is real and attends causally, so sdpa needs no mask there: its causal kernels
-    # (flash attention, grouped-query heads read in place) run instead of the masked kernel, which first copies the
-    # key/value heads per query head. A sliding-window layer keeps its block of the mask.
-    windowed = getattr(module, "sliding_window", None) is not None
-    outputs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        block = attention_mask[:, :, start:end, start:end] if windowed and attention_mask is not None else None
-        output, _ = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
-                                           value[:, :, start:end], block, **kwargs)
-        outputs.append(output)
-    return torch.cat(outputs, dim=1), None
-
-
-_bounds_cache: list[Any] = [None, None]  # (the last cu_seq_lens tensor seen, its values): one host copy per forward
-
-
-def _host_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
-    if _bounds_cache[0] is not cu_seq_lens:
-        _bounds_cache[:] = [cu_seq_lens, cu_seq_lens.tolist()]
-    return _bounds_cache[1]
+                        batch_tokens=budget, attention=attention,
+                        reason=f"{attention} attention, position ids restarting per example")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -385,13 +385,11 @@ def build_trainer(model: Any, tokenizer: Any, data: SFTData, config: FinetuneCon
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
 
-    from finetune.packing import KobenchSFTTrainer, plan_batching, use_packed_attention
+    from finetune.packing import KobenchSFTTrainer, plan_batching
 
     datasets.disable_progress_bars()  # TRL's tokenizing passes take no time worth a bar each
 
     batching = plan_batching(model, config)
-    if batching.packed:
-        use_packed_attention(model)
     progress("status", text=batching.describe())
     args = sft_config(config, output, device, len(data.train), batching)
     callbacks = [LossLog(output / LOSS_LOG)] if log else []

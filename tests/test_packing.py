@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from finetune.config import FinetuneConfig
-from finetune.packing import (PACKED_SDPA, default_batch_tokens, packed_passes, plan_batching, token_budget_groups,
-                              use_packed_attention)
+from finetune.packing import default_batch_tokens, packed_passes, plan_batching, token_budget_groups
 from tests.conftest import kobench
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,12 +73,9 @@ def _tiny(kind: str, attention: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
-@pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA, "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_examples_equal_the_examples_alone(kind: str, attention: str) -> None:
-    model = _tiny(kind, "sdpa" if attention == PACKED_SDPA else attention)
-    if attention == PACKED_SDPA:
-        use_packed_attention(model)
-        assert model.config._attn_implementation == PACKED_SDPA
+    model = _tiny(kind, attention)
     generator = torch.Generator().manual_seed(1)
     examples = [torch.randint(0, 97, (n,), generator=generator) for n in (5, 9, 1, 6)]
     labels = [torch.randint(0, 97, (len(e),), generator=generator) for e in examples]
@@ -258,7 +254,7 @@ def test_kobench_finetune_packs_by_default_and_batch_tokens_0_pads(tiny_model: P
     packed = kobench(*common, "--output", str(tmp_path / "packed"), env=wide, check=True)
     padded = kobench(*common, "--batch-tokens", "0", "--output", str(tmp_path / "padded"), env=wide, check=True)
     assert "batching: each step's 6 examples packed without padding into forward passes of at most 128 tokens " \
-           "(attention one example at a time, position ids restarting per example)" in packed.stdout
+           "(sdpa attention, position ids restarting per example)" in packed.stdout
     assert "batching: trl's padded micro-batches of 2 x 3 accumulation steps, not packed: --batch-tokens 0" \
            in padded.stdout
     packed_meta = json.loads((tmp_path / "packed" / "kobench_adapter.json").read_text())["training"]
