@@ -5,9 +5,10 @@ context length; on long-context models that leaves batch 1 or 2 (lm-eval #3252, 
 weight read for one or two tokens a step. Here the requests of one gen_kwargs group are sorted longest first, as
 lm-eval sorts them, and cut into buckets as large as the KV cache of (prompt + max_gen_toks) tokens, plus the
 prefill working set, allows in the memory left free after the weights. Each bucket is left-padded by lm-eval's own
-tok_batch_encode, decoded greedily by lm-eval's own _model_generate (same stopping criteria, same max_length) and
-cut at the stop sequences by lm-eval's own helpers, so each output is what stock lm-eval writes for that request;
-on a GPU, only the rounding of batched bf16 kernels can differ (docs/performance.md).
+tok_batch_encode and cut at the stop sequences by lm-eval's own helpers. Its tokens come from harness/staticdecode.py
+on a CUDA device (a static KV cache, the decode step replayed as a CUDA graph, generate's greedy loop reproduced) or
+from lm-eval's own _model_generate (same stopping criteria, same max_length). Each output is what stock lm-eval
+writes for that request, up to the rounding of batched bf16 kernels (docs/performance.md).
 """
 from __future__ import annotations
 
