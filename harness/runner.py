@@ -406,7 +406,18 @@ def evaluate_task(lm: Any, plan: TaskPlan, config: RunConfig, chat: bool, task_m
         details={"chat_template": chat, "indices": plan.indices,
                  "generation_kwargs": {**(plan.info.raw.get("generation_kwargs") or {}), **(plan.gen_kwargs or {})},
                  "batch_size": getattr(lm, "batch_size_per_gpu", None), **memory.figures(),
-                 **_truncation(lm, plan.info, results["samples"][name])})
+                 **_truncation(lm, plan.info, results["samples"][name]), **_decoding(lm)})
+
+
+def _decoding(lm: Any) -> dict[str, Any]:
+    """How this task's generations were decoded (harness/fastgen.py), and why buckets went to model.generate."""
+    buckets = getattr(lm, "generation_buckets", None)
+    if not buckets:
+        return {}
+    notes = set(getattr(lm, "kobench_decode_notes", None) or ())
+    if getattr(lm, "kobench_graph_failed", None):
+        notes.add(lm.kobench_graph_failed)
+    return {"decode": sorted({b.decode for b in buckets}), **({"decode_notes": sorted(notes)} if notes else {})}
 
 
 def _truncation(lm: Any, task: TaskInfo, logged: list[dict[str, Any]]) -> dict[str, Any]:

@@ -74,6 +74,9 @@ def blocker(lm: Any, kwargs: dict[str, Any]) -> str | None:
     without until / max_gen_toks / max_length."""
     model = lm.model
     config = model.config
+    devices = set((getattr(model, "hf_device_map", None) or {}).values())
+    if len(devices) > 1:  # --parallelize: one stream cannot capture kernels of several GPUs
+        return "the model is split over several devices"
     if getattr(lm, "mixed_precision_dtype", None) is not None:
         return "lm-eval's mixed-precision autocast is on"
     if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:

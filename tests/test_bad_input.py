@@ -312,3 +312,4 @@ def test_prompt_longer_than_the_context_is_cut_from_the_left_and_recorded(
     conn.close()
     assert details["truncated"]["items"] == ["gen-huge"] and details["truncated"]["context"] == 1024
     assert details["truncated"]["longest_tokens"] > 1024
+    assert details["decode"] == ["generate"]  # on a CPU: transformers' generate (CUDA graphs need a GPU)

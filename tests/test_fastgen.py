@@ -265,6 +265,10 @@ def test_decode_path_choice(tiny_model: Path, kobench_lm: Any) -> None:
     assert fastgen.decode_path(lm, greedy) == "static"
     assert fastgen.decode_path(lm, {"do_sample": True, "temperature": 0.7}) == "generate"
     assert fastgen.decode_path(lm, {"num_beams": 4}) == "generate"
+    lm.model.hf_device_map = {"model.layers.0": 0, "model.layers.1": 1}  # --parallelize over two GPUs
+    assert fastgen.decode_path(lm, greedy) == "generate"
+    assert "model.generate: the model is split over several devices" in lm.kobench_decode_notes
+    del lm.model.hf_device_map
     lm.model.generation_config.repetition_penalty = 1.3
     assert fastgen.decode_path(lm, greedy) == "generate"
     assert "model.generate: generation_config.repetition_penalty=1.3" in lm.kobench_decode_notes
