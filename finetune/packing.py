@@ -31,11 +31,8 @@ from finetune.config import FinetuneConfig
 PACKABLE_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 # The default pass size. A pass never holds more than one padded micro-batch of the user's could (batch_size x
 # max_length), so packing never asks for more memory than --batch-size did; and at most 4,096 tokens (unless one
-# example may be longer). Reasoned, not measured: QLoRA of the 7.8B shape peaked at 8,943 MiB with 2,048-token passes
-# (docs/performance.md), about 7 GiB of it weights and adapter state (NF4 linear layers; embeddings and LM head in
-# fp32 after prepare_model_for_kbit_training), so activations under gradient checkpointing cost about 1 MiB a token
-# (fp32 residual checkpoints, 0.5 MiB, plus one layer recomputed); 4,096 tokens come to about 11 GiB, under a 12 GiB
-# budget, while a pass stays thousands of tokens long, enough for the matrix multiplications to run near full rate.
+# example may be longer): long enough for the matrix multiplications to run near full rate. Measured: QLoRA of the
+# 7.8B shape with passes of up to 4,096 tokens peaked at 10,945 MiB, under a 12 GiB budget (docs/performance.md).
 DEFAULT_BATCH_TOKENS = 4096
 
 
