@@ -132,7 +132,7 @@ def run_static(model: Any, ids: Any, mask: Any, new: int, device: str, capture: 
                            capture=capture, step_forward=step_forward)
     out = decoder.run()
     if capture and not decoder.captured:
-        raise SystemExit(f"CUDA graph capture failed: {getattr(decoder, 'capture_error', '?')}")
+        raise SystemExit(f"CUDA graph capture failed: {decoder.capture_error}")
     return {"tokens": out[:, ids.shape[1]:], "prefill_s": decoder.prefill_s, "decode_s": decoder.decode_s,
             "capture_s": decoder.capture_s, "peak_allocated_mb": peak_mb(device)}
 
@@ -223,6 +223,7 @@ def main() -> None:
                 print(f"{name} {attention} batch {batch}: floor {row['floor_ms']:.2f} ms/step | {shown}", flush=True)
                 write(out_dir, report, entry)  # after every row: a time limit keeps what finished
         report["models"].append(entry)
+        _COMPILED.clear()  # the compiled forward holds the model
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

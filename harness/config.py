@@ -68,8 +68,10 @@ class RunConfig:
             raise KobenchError(f"--device {self.device}: use cpu, cuda, cuda:N or auto")
         if self.chat_template not in ("auto", "on", "off"):
             raise KobenchError(f"--chat-template {self.chat_template}: use auto, on or off")
-        if self.decode not in ("auto", "graph", "compiled", "generate"):  # harness.fastgen.DECODE_MODES
-            raise KobenchError(f"--decode {self.decode}: use auto, graph, compiled or generate")
+        from harness.fastgen import DECODE_MODES
+
+        if self.decode not in DECODE_MODES:
+            raise KobenchError(f"--decode {self.decode}: use {', '.join(DECODE_MODES[:-1])} or {DECODE_MODES[-1]}")
         if self.quantize not in ("none", "auto", "int8", "nf4"):
             raise KobenchError(f"--quantize {self.quantize}: use none, auto, int8 or nf4")
         if self.hardware != "unspecified" or self.profiles:

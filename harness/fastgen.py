@@ -214,7 +214,7 @@ def _generate_bucket(lm: Any, contexts: list[str], gen_kwargs: dict[str, Any]) -
         cont = decoder.run()
         cont_toks_list = cont.tolist()
         prefill_s, decode_s, capture_s = decoder.prefill_s, decoder.decode_s, decoder.capture_s
-        if path == "graph" and not decoder.captured and cont.shape[1] - context_enc.shape[1] > 2:
+        if decoder.capture_error:
             lm.kobench_graph_failed = f"CUDA graph capture failed ({decoder.capture_error}); model.generate from here"
             path = "static"
     prompt_len = context_enc.shape[1]
@@ -257,9 +257,10 @@ def _step_forward(lm: Any) -> Any:
 
 def decode_path(lm: Any, kwargs: dict[str, Any]) -> str:
     """How a bucket decodes: lm.kobench_decode is auto (graph on a CUDA device, generate elsewhere), graph,
-    compiled (graph, the step compiled first), generate, or static (the graph path's loop without capture: tests on the CPU). A bucket the static loop cannot
-    reproduce (sampling, sliding windows, ...) uses model.generate, and lm.kobench_decode_notes says why; after a
-    failed capture (lm.kobench_graph_failed) the rest of the run does."""
+    compiled (graph, the step compiled first), generate, or static (the graph path's loop without capture: tests on
+    the CPU). A bucket the static loop cannot reproduce (sampling, sliding windows, ...) uses model.generate, and
+    lm.kobench_decode_notes (reset per task) says why; after a failed capture (lm.kobench_graph_failed) the rest of
+    the run does."""
     from harness import staticdecode
 
     mode = getattr(lm, "kobench_decode", "auto")

@@ -361,7 +361,7 @@ def follow(dp: DataParallel, config: RunConfig, spec: Any, plans: list[Any], cha
         first = next(p for p in plans if p.info.name in todo)
         batch = str(budget.batch_sizes[first.info.name]) if budget and config.batch_size == "auto" \
             else config.batch_size
-        lm = dp.attach(make_lm(model, tokenizer, batch, dp.device))
+        lm = dp.attach(make_lm(model, tokenizer, batch, dp.device, decode=config.decode))
         task_manager = _task_manager(config, plans, chat)
         for plan in plans:
             if plan.info.name not in todo:
@@ -382,10 +382,10 @@ def load_lm(spec: Any, device: str, dtype: str, batch_size: str, parallel: Paral
     """(lm, parameter count) for --parallelize or --backend vllm."""
     if parallel.backend == "vllm":
         return _vllm_lm(spec, dtype, batch_size, parallel, config), _checkpoint_params(spec)
-    return _model_parallel_lm(spec, device, dtype, batch_size)
+    return _model_parallel_lm(spec, device, dtype, batch_size, config.decode)
 
 
-def _model_parallel_lm(spec: Any, device: str, dtype: str, batch_size: str) -> tuple[Any, int]:
+def _model_parallel_lm(spec: Any, device: str, dtype: str, batch_size: str, decode: str) -> tuple[Any, int]:
     """lm-eval's HFLM with parallelize=True: accelerate's device_map="auto" puts consecutive layers on consecutive
     visible GPUs (spilling to CPU memory only when they are full)."""
     from transformers import AutoTokenizer
@@ -403,7 +403,8 @@ def _model_parallel_lm(spec: Any, device: str, dtype: str, batch_size: str) -> t
     if spec.revision and spec.source.startswith("hf:") and not Path(spec.load_path).exists():
         kwargs["revision"] = spec.revision
     try:
-        lm = make_lm(spec.load_path, tokenizer, batch_size, "cuda" if device.startswith("cuda") else device, **kwargs)
+        lm = make_lm(spec.load_path, tokenizer, batch_size, "cuda" if device.startswith("cuda") else device,
+                     decode=decode, **kwargs)
     except OSError as exc:
         raise KobenchError(f"--model {spec.name}: cannot load weights from {spec.load_path} "
                            f"({str(exc).splitlines()[0]}). Check the directory or pass --online for a hub id") from None

@@ -269,6 +269,7 @@ def make_lm(model: Any, tokenizer: Any, batch_size: str, device: str, decode: st
         def reset_counters(self) -> None:
             self.counters = {"prompt_tokens": 0, "gen_tokens": 0, "prompt_s": 0.0, "gen_s": 0.0}
             self.generation_buckets = []  # harness.fastgen.BucketStats of every generate call
+            self.kobench_decode_notes = set()  # why buckets of this task went to model.generate
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001, ANN201
             start = time.perf_counter()

@@ -129,6 +129,7 @@ class BucketDecode:
         _register_decode_attention()
         self.prefill_s = self.decode_s = self.capture_s = 0.0
         self.captured = False
+        self.capture_error: str | None = None  # why a capture failed (the bucket then finished eagerly)
 
     def run(self) -> Any:
         import torch
